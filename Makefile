@@ -1,0 +1,50 @@
+# attnflow: `make demo` and `make test` do all set-up on a fresh machine.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+NPROCS  ?= 2
+DEMO_OUT ?= demos/output
+# Under MPI one thread per rank: the machine has as many cores as ranks.
+MPIENV  := OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1
+MPIRUN  := timeout 2400 $(VENV)/bin/mpiexec -n $(NPROCS)
+
+.PHONY: venv demo demos test test-serial test-mpi lint format bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@set -e; \
+	if [ ! -x $(PY) ]; then \
+	  python=$$(tools/find-python); \
+	  echo "creating $(VENV) with $$python"; \
+	  "$$python" -m venv $(VENV); \
+	fi
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[all]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) demos/demo_circle_clustering.py --output $(DEMO_OUT)/circle_clustering
+
+test: test-serial test-mpi
+
+test-serial: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-mpi: $(STAMP)
+	$(MPIENV) $(MPIRUN) sh -c '$(PY) -m pytest -q -p no:cacheprovider --with-mpi \
+	  --basetemp=$${TMPDIR:-/tmp}/attnflow-pytest-$$PMI_RANK'
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests demos benchmarks
+	$(VENV)/bin/ruff format --check src tests demos benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests demos benchmarks
+	$(VENV)/bin/ruff check --fix src tests demos benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/kernel_throughput.py
+
+clean:
+	rm -rf $(VENV) demos/output

@@ -1,0 +1,45 @@
+"""attnflow: the mean-field dynamics of transformer self-attention.
+
+``import attnflow`` needs numpy, scipy and numba only. The particle solver lives here; the
+finite element solver is imported explicitly (``attnflow.fem``) and needs dolfinx.
+"""
+
+from attnflow import geometry, kernels, laws, metrics
+from attnflow.kernels import kernel_sums
+from attnflow.laws import (
+    Box,
+    DensityLaw,
+    Gaussian,
+    Mixture,
+    PerturbedCircle,
+    UniformSphere,
+    VonMisesFisher,
+)
+from attnflow.model import SelfAttention
+from attnflow.particles import RK4, EnsembleSolution, Euler, ensemble, simulate
+from attnflow.solution import Solution, Status
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RK4",
+    "Box",
+    "DensityLaw",
+    "EnsembleSolution",
+    "Euler",
+    "Gaussian",
+    "Mixture",
+    "PerturbedCircle",
+    "SelfAttention",
+    "Solution",
+    "Status",
+    "UniformSphere",
+    "VonMisesFisher",
+    "ensemble",
+    "geometry",
+    "kernel_sums",
+    "kernels",
+    "laws",
+    "metrics",
+    "simulate",
+]

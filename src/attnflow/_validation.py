@@ -1,0 +1,60 @@
+"""Input checks shared by the public entry points: one clear line naming the field."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["as_points", "as_weights", "check_positive", "check_matrix"]
+
+
+def check_positive(name: str, value: float, *, allow_inf: bool = False) -> float:
+    """Return ``value`` as float if it is > 0 (and finite unless ``allow_inf``)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a positive number, got {value!r}") from None
+    if math.isnan(v) or v <= 0 or (math.isinf(v) and not allow_inf):
+        allowed = "> 0 or math.inf" if allow_inf else "finite and > 0"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return v
+
+
+def check_matrix(name: str, m: object, d: int) -> np.ndarray:
+    """A read-only float64 copy of a ``(d, d)`` finite matrix."""
+    a = np.array(m, dtype=np.float64)
+    if a.shape != (d, d):
+        raise ValueError(f"{name} must have shape ({d}, {d}), got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must have finite entries (no NaN or inf)")
+    a.setflags(write=False)
+    return a
+
+
+def as_points(name: str, x: object, d: int, *, on_sphere: bool = False) -> np.ndarray:
+    """Check a ``(n, d)`` array of finite points (on the unit sphere to 1e-8 if asked)."""
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] != d:
+        raise ValueError(f"{name} must have shape (n, {d}), got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite (found NaN or inf)")
+    if on_sphere and a.size:
+        err = np.max(np.abs(np.linalg.norm(a, axis=1) - 1.0))
+        if err > 1e-8:
+            raise ValueError(f"{name} must lie on the unit sphere (max | |x| - 1 | = {err:.2e})")
+    return a
+
+
+def as_weights(name: str, w: object, n: int) -> np.ndarray:
+    """Check ``(n,)`` finite non-negative weights; ``None`` means uniform ``1/n``."""
+    if w is None:
+        return np.full(n, 1.0 / n) if n else np.zeros(0)
+    a = np.asarray(w, dtype=np.float64)
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite (found NaN or inf)")
+    if np.any(a < 0):
+        raise ValueError(f"{name} must be >= 0 (min is {a.min():.3g})")
+    return a

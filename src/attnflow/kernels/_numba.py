@@ -1,0 +1,332 @@
+"""Fused, tiled, threaded kernel sums compiled with numba.
+
+The hot loop evaluates ``exp`` with a vectorisable polynomial (Cody–Waite range reduction,
+degree-12 Taylor polynomial on ``|r| <= ln2/2``, exponent bits built by integer arithmetic) so that
+LLVM emits SIMD code for the whole tile; numba has no vector math library (SVML) here, and a call
+to libm's scalar ``exp`` would cap the throughput at a few hundred million pairs per second.
+Relative accuracy of the exponential is ~2e-16 on ``[-708, 0]``; arguments below ``-708`` give 0.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+from numba.core import types
+from numba.extending import intrinsic
+
+__all__ = ["exp_nonpositive", "hardmax_sums", "softmax_sums"]
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.693145751953125
+_LN2_LO = 1.4286068203094173e-06
+_XMIN = -708.0
+
+# Fast-math flags: no 'reassoc' for the exponential (keeps the Cody–Waite reduction exact),
+# 'reassoc' for the reductions (lets them vectorise). Never 'ninf'/'nnan': zero weights are
+# encoded as log-weight -inf and must compare correctly.
+_EXP_FLAGS = {"contract", "nsz", "arcp"}
+_SUM_FLAGS = {"contract", "nsz", "arcp", "reassoc"}
+
+
+@intrinsic
+def _bits_to_float(typingctx, x):
+    """Reinterpret the bits of an int64 as a float64 (LLVM ``bitcast``)."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _prefer_wide_vectors(typingctx):
+    """Let LLVM vectorise the enclosing function with 512-bit registers where available.
+
+    LLVM's default tuning for AVX-512 CPUs prefers 256-bit vectors; the string attribute
+    ``"prefer-vector-width"="512"`` lifts that for the one function that calls this, which
+    doubles the throughput of the exponential on CPUs with two 512-bit FMA units. On CPUs
+    without AVX-512 the attribute has no effect.
+    """
+    sig = types.none()
+
+    def codegen(context, builder, signature, args):
+        # llvmlite only validates enum attributes; a string attribute is printed verbatim.
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@nb.njit(inline="always", fastmath=_EXP_FLAGS)
+def _exp1(x):
+    neg = x < _XMIN
+    x = max(x, _XMIN)
+    kf = np.floor(x * _LOG2E + 0.5)
+    r = x - kf * _LN2_HI
+    r = r - kf * _LN2_LO
+    p = 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    scale = _bits_to_float((np.int64(kf) + 1023) << 52)
+    return 0.0 if neg else p * scale
+
+
+@nb.njit(fastmath=_EXP_FLAGS, cache=True)
+def exp_nonpositive(x):
+    """Elementwise ``exp`` of an array of non-positive numbers (shape preserved, float64)."""
+    _prefer_wide_vectors()
+    flat = x.ravel()
+    out = np.empty_like(flat)
+    for j in range(flat.size):
+        out[j] = _exp1(flat[j])
+    return out.reshape(x.shape)
+
+
+# Index arithmetic below uses unsigned integers (``np.uintp``): numba then skips its
+# negative-index wrap-around, which would otherwise turn every load into a gather.
+
+
+@nb.njit(inline="always", fastmath=_EXP_FLAGS)
+def _exp_tile(buf, n, shift):
+    for j in range(n):
+        u = np.uintp(j)
+        buf[u] = _exp1(buf[u] - shift)
+
+
+@nb.njit(inline="always", fastmath=_SUM_FLAGS)
+def _scores_tile(buf, a, i, bT, logw, j0, n):
+    for j in range(n):
+        buf[np.uintp(j)] = logw[np.uintp(j0 + j)]
+    for k in range(a.shape[1]):
+        c = a[i, k]
+        for j in range(n):
+            buf[np.uintp(j)] += c * bT[k, np.uintp(j0 + j)]
+
+
+@nb.njit(inline="always", fastmath=_SUM_FLAGS)
+def _tile_max(buf, n):
+    # Eight independent running maxima: a single one serialises on the max latency.
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -np.inf
+    n8 = n - n % 8
+    for j in range(0, n8, 8):
+        u = np.uintp(j)
+        m0 = max(m0, buf[u])
+        m1 = max(m1, buf[u + 1])
+        m2 = max(m2, buf[u + 2])
+        m3 = max(m3, buf[u + 3])
+        m4 = max(m4, buf[u + 4])
+        m5 = max(m5, buf[u + 5])
+        m6 = max(m6, buf[u + 6])
+        m7 = max(m7, buf[u + 7])
+    for j in range(n8, n):
+        m0 = max(m0, buf[np.uintp(j)])
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+
+
+@nb.njit(inline="always", fastmath=_SUM_FLAGS)
+def _tile_sum(buf, n):
+    s = 0.0
+    for j in range(n):
+        s += buf[np.uintp(j)]
+    return s
+
+
+@nb.njit(inline="always", fastmath=_SUM_FLAGS)
+def _tile_dot(buf, vT, k, j0, n):
+    s = 0.0
+    for j in range(n):
+        s += buf[np.uintp(j)] * vT[k, np.uintp(j0 + j)]
+    return s
+
+
+@nb.njit(inline="always", fastmath=_SUM_FLAGS)
+def _scores_max_tile(buf, a, i, bT, logw, j0, n):
+    """Scores of target ``i`` against a source tile into ``buf``; returns their maximum."""
+    p = a.shape[1]
+    if p == 3:  # fused fast path for the common 3-dimensional case
+        c0 = a[i, 0]
+        c1 = a[i, 1]
+        c2 = a[i, 2]
+        for j in range(n):
+            u = np.uintp(j0 + j)
+            buf[np.uintp(j)] = logw[u] + c0 * bT[0, u] + c1 * bT[1, u] + c2 * bT[2, u]
+    elif p == 2:
+        c0 = a[i, 0]
+        c1 = a[i, 1]
+        for j in range(n):
+            u = np.uintp(j0 + j)
+            buf[np.uintp(j)] = logw[u] + c0 * bT[0, u] + c1 * bT[1, u]
+    else:
+        _scores_tile(buf, a, i, bT, logw, j0, n)
+    return _tile_max(buf, n)
+
+
+@nb.njit(inline="always", fastmath=_EXP_FLAGS)
+def _e(x):
+    return _exp1(x)
+
+
+@nb.njit(inline="always", fastmath=_SUM_FLAGS)
+def _exp_accumulate_tile(buf, shift, vT, j0, n, acc, t):
+    """Adds ``exp(buf - shift)`` to the denominator (returned) and ``... * v`` to ``acc[t]``."""
+    m = vT.shape[0]
+    d = 0.0
+    if m == 3:
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        for j in range(n):
+            u = np.uintp(j0 + j)
+            e = _e(buf[np.uintp(j)] - shift)
+            d += e
+            s0 += e * vT[0, u]
+            s1 += e * vT[1, u]
+            s2 += e * vT[2, u]
+        acc[t, 0] += s0
+        acc[t, 1] += s1
+        acc[t, 2] += s2
+    elif m == 2:
+        s0 = 0.0
+        s1 = 0.0
+        for j in range(n):
+            u = np.uintp(j0 + j)
+            e = _e(buf[np.uintp(j)] - shift)
+            d += e
+            s0 += e * vT[0, u]
+            s1 += e * vT[1, u]
+        acc[t, 0] += s0
+        acc[t, 1] += s1
+    else:
+        _exp_tile(buf, n, shift)
+        d = _tile_sum(buf, n)
+        for k in range(m):
+            acc[t, k] += _tile_dot(buf, vT, k, j0, n)
+    return d
+
+
+#: Number of targets that share one pass over a source tile (the tile stays in L1 meanwhile).
+TARGET_BLOCK = 32
+#: Bytes of source data per tile: small enough to stay in the L1 cache (48 KiB here).
+TILE_BYTES = 24 * 1024
+
+
+@nb.njit(fastmath=_SUM_FLAGS, cache=True)
+def _softmax_block(a, bT, vT, logw, i0, i1, tile, shift, den, num):
+    """Online max-shifted sums for targets ``i0:i1``, sweeping the sources tile by tile.
+
+    The source tile (``bT``, ``vT``, ``logw`` columns) is re-used from L1 by every target of
+    the block: without this blocking the loop is bound by L2 bandwidth, not by arithmetic.
+    """
+    _prefer_wide_vectors()
+    m = vT.shape[0]
+    n_s = bT.shape[1]
+    nb_t = i1 - i0
+    buf = np.empty(tile)
+    run_max = np.full(nb_t, -np.inf)
+    run_den = np.zeros(nb_t)
+    acc = np.zeros((nb_t, m))
+    for j0 in range(0, n_s, tile):
+        n = min(tile, n_s - j0)
+        for t in range(nb_t):
+            tmax = _scores_max_tile(buf, a, i0 + t, bT, logw, j0, n)
+            if tmax > run_max[t]:
+                if run_max[t] > -np.inf:
+                    fac = _exp1(run_max[t] - tmax)
+                    run_den[t] *= fac
+                    for k in range(m):
+                        acc[t, k] *= fac
+                run_max[t] = tmax
+            if run_max[t] == -np.inf:
+                continue
+            run_den[t] += _exp_accumulate_tile(buf, run_max[t], vT, j0, n, acc, t)
+    for t in range(nb_t):
+        shift[i0 + t] = run_max[t]
+        den[i0 + t] = run_den[t]
+        for k in range(m):
+            num[i0 + t, k] = acc[t, k]
+
+
+@nb.njit(parallel=True, cache=True)
+def softmax_sums(a, bT, vT, logw):
+    """Max-shifted kernel sums, one online (flash-attention style) pass per target.
+
+    Parameters
+    ----------
+    a : (n_t, p) float64, C-contiguous — transformed targets (already multiplied by beta).
+    bT : (p, n_s) float64, C-contiguous — transformed sources, transposed.
+    vT : (m, n_s) float64, C-contiguous — source values, transposed.
+    logw : (n_s,) float64 — log of the source weights (``-inf`` for zero weight).
+
+    Returns
+    -------
+    shift : (n_t,) ``max_j (a_i . b_j + logw_j)`` (``-inf`` if every weight is zero)
+    den : (n_t,) ``sum_j exp(a_i . b_j + logw_j - shift_i)`` (in ``[1, n_s]``, or 0)
+    num : (n_t, m) ``sum_j exp(a_i . b_j + logw_j - shift_i) v_j``
+    """
+    n_t = a.shape[0]
+    m = vT.shape[0]
+    # Sources per tile, a multiple of 64 between 64 and 1024, sized to stay in L1.
+    tile = max(64, min(1024, TILE_BYTES // (8 * (a.shape[1] + m + 2)) // 64 * 64))
+    shift = np.empty(n_t)
+    den = np.empty(n_t)
+    num = np.empty((n_t, m))
+    n_blocks = (n_t + TARGET_BLOCK - 1) // TARGET_BLOCK
+    for blk in nb.prange(n_blocks):
+        i0 = blk * TARGET_BLOCK
+        i1 = min(n_t, i0 + TARGET_BLOCK)
+        _softmax_block(a, bT, vT, logw, i0, i1, tile, shift, den, num)
+    return shift, den, num
+
+
+@nb.njit(parallel=True, fastmath=_SUM_FLAGS, cache=True)
+def hardmax_sums(a, bT, vT, w, rtol):
+    """Zero-temperature sums: weights restricted to the argmax set of the scores.
+
+    For each target, ``shift_i = max_{j: w_j > 0} a_i . b_j``; sources with
+    ``a_i . b_j >= shift_i - rtol * max(1, |shift_i|)`` form the tie set, over which
+    ``den_i = sum w_j`` and ``num_i = sum w_j v_j``. Shapes as in :func:`softmax_sums`,
+    ``w`` holds the weights themselves.
+    """
+    n_t = a.shape[0]
+    m = vT.shape[0]
+    n_s = bT.shape[1]
+    p = a.shape[1]
+    shift = np.empty(n_t)
+    den = np.empty(n_t)
+    num = np.empty((n_t, m))
+    for i in nb.prange(n_t):
+        best = -np.inf
+        for j in range(n_s):
+            if w[j] > 0.0:
+                s = 0.0
+                for k in range(p):
+                    s += a[i, k] * bT[k, j]
+                best = max(best, s)
+        tol = rtol * max(1.0, abs(best))
+        d = 0.0
+        acc = np.zeros(m)
+        for j in range(n_s):
+            if w[j] > 0.0:
+                s = 0.0
+                for k in range(p):
+                    s += a[i, k] * bT[k, j]
+                if s >= best - tol:
+                    d += w[j]
+                    for k in range(m):
+                        acc[k] += w[j] * vT[k, j]
+        shift[i] = best
+        den[i] = d
+        for k in range(m):
+            num[i, k] = acc[k]
+    return shift, den, num
