@@ -34,6 +34,10 @@ test-serial: $(STAMP)
 test-mpi: $(STAMP)
 	$(MPIENV) $(MPIRUN) sh -c '$(PY) -m pytest -q -p no:cacheprovider --with-mpi \
 	  --basetemp=$${TMPDIR:-/tmp}/attnflow-pytest-$$PMI_RANK'
+	@set -e; out=$$(mktemp -d); for d in demos/demo_*.py; do \
+	  echo "mpiexec -n $(NPROCS) $$d --small"; \
+	  $(MPIENV) $(MPIRUN) $(PY) $$d --small --output $$out/$$(basename $$d .py); \
+	done; rm -rf $$out
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests demos benchmarks

@@ -53,8 +53,9 @@ def test_usa_relation_and_rescaling(rng):
     np.testing.assert_allclose(usa_r.velocity(x, y), math.exp(-3.0) * usa.velocity(x, y))
     with pytest.raises(FloatingPointError, match="rescale_usa"):
         SelfAttention(2, beta=1e4, normalized=False).velocity(x, y)
-    assert np.all(np.isfinite(SelfAttention(2, 1e4, normalized=False, rescale_usa=True)
-                              .velocity(x, y)))
+    assert np.all(
+        np.isfinite(SelfAttention(2, 1e4, normalized=False, rescale_usa=True).velocity(x, y))
+    )
 
 
 def test_hardmax_velocity_is_the_large_beta_limit(rng):
@@ -68,7 +69,7 @@ def test_hardmax_velocity_is_the_large_beta_limit(rng):
     # projection), gap = smallest distance between the best and second-best score.
     s = np.sort((x @ Q.T) @ y.T, axis=1)
     gap = np.min(s[:, -1] - s[:, -2])
-    for b, e in zip(betas, errs):
+    for b, e in zip(betas, errs, strict=True):
         assert e <= 24 * 2 * math.exp(-b * gap) + 1e-13
 
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-__all__ = ["as_points", "as_weights", "check_positive", "check_matrix"]
+__all__ = ["as_points", "as_weights", "check_matrix", "check_positive"]
 
 
 def check_positive(name: str, value: float, *, allow_inf: bool = False) -> float:

@@ -106,9 +106,9 @@ class PerturbedCircle(Law):
 
     def _cdf(self, th):
         k = self.mode
-        return (
-            th + self.eps * (np.sin(k * (th - self.phase)) + np.sin(k * self.phase)) / k
-        ) / (2 * np.pi)
+        return (th + self.eps * (np.sin(k * (th - self.phase)) + np.sin(k * self.phase)) / k) / (
+            2 * np.pi
+        )
 
     def sample(self, n, rng):
         u = _rng(rng).random(_n(n))
@@ -231,11 +231,11 @@ class Mixture(Law):
     def sample(self, n, rng):
         g = _rng(rng)
         counts = g.multinomial(_n(n), self.probabilities)
-        x = np.concatenate([c.sample(k, g) for c, k in zip(self.components, counts)])
+        x = np.concatenate([c.sample(k, g) for c, k in zip(self.components, counts, strict=True)])
         return x[g.permutation(x.shape[0])]
 
     def pdf(self, x):
-        return sum(p * c.pdf(x) for c, p in zip(self.components, self.probabilities))
+        return sum(p * c.pdf(x) for c, p in zip(self.components, self.probabilities, strict=True))
 
 
 @dataclass(frozen=True)

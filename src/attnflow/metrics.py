@@ -7,8 +7,13 @@ import numpy as np
 __all__ = ["circle_clusters"]
 
 
-def circle_clusters(points: np.ndarray, weights: np.ndarray | None = None, *,
-                    gap: float = 0.1, min_mass: float = 0.01) -> int:
+def circle_clusters(
+    points: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    gap: float = 0.1,
+    min_mass: float = 0.01,
+) -> int:
     """Number of clusters of a weighted point cloud on ``S^1``.
 
     Criterion: sort the angles; consecutive points closer than ``gap`` (radians) belong to the

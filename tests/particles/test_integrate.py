@@ -54,8 +54,13 @@ def test_observed_order_in_dt(method, order):
     exact = two_token_gap(beta, phi0, T)
     m = SelfAttention(2, beta=beta)
     dts = [0.2, 0.1, 0.05] if order == 4 else [0.02, 0.01, 0.005]
-    errs = [abs(gap_of(simulate(m, circle(np.array([0.0, phi0])), T, dt=dt, method=method).final)
-                - exact) for dt in dts]
+    errs = [
+        abs(
+            gap_of(simulate(m, circle(np.array([0.0, phi0])), T, dt=dt, method=method).final)
+            - exact
+        )
+        for dt in dts
+    ]
     orders = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
     assert np.all(np.abs(orders - order) < 0.15), orders
 

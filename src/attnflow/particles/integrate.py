@@ -157,5 +157,6 @@ def simulate(
             logger.warning("non-finite token positions at t=%g; stopping", t)
             break
     logger.info("simulate: %d tokens, %d steps, status %s", n, n_steps, status.value)
-    return Solution(t=ts[: len(saved)], x=np.stack(saved), weights=w, status=status,
-                    n_steps=n_steps)
+    return Solution(
+        t=ts[: len(saved)], x=np.stack(saved), weights=w, status=status, n_steps=n_steps
+    )

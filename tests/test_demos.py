@@ -1,0 +1,36 @@
+"""Every demo runs (small sizes) and none is missing from the list (Firedrake style).
+
+Under ``mpiexec`` the Makefile runs the same list with ``mpiexec -n 2`` (see ``make test-mpi``):
+starting MPI jobs from inside an MPI job is not portable, so here they run serially only.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mpi4py import MPI
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demos"
+DEMOS = ["demo_circle_clustering.py"]
+
+
+def test_no_missing_demos():
+    found = sorted(p.name for p in DEMO_DIR.glob("demo_*.py"))
+    assert found == sorted(DEMOS), "add new demos to DEMOS in tests/test_demos.py"
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="run under mpiexec by `make test-mpi`")
+@pytest.mark.parametrize("demo", DEMOS)
+def test_demo_runs(demo, tmp_path):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    out = subprocess.run(
+        [sys.executable, str(DEMO_DIR / demo), "--small", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert any(tmp_path.glob("*.png"))
