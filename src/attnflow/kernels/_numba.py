@@ -26,6 +26,7 @@ _XMIN = -708.0
 # encoded as log-weight -inf and must compare correctly.
 _EXP_FLAGS = {"contract", "nsz", "arcp"}
 _SUM_FLAGS = {"contract", "nsz", "arcp", "reassoc"}
+_MAX_FLAGS = {"nnan", "nsz"}  # maxima: -inf is expected, NaN never is
 
 
 @intrinsic
@@ -114,24 +115,41 @@ def _scores_tile(buf, a, i, bT, logw, j0, n):
             buf[np.uintp(j)] += c * bT[k, np.uintp(j0 + j)]
 
 
-@nb.njit(inline="always", fastmath=_SUM_FLAGS)
-def _tile_max(buf, n):
-    # Eight independent running maxima: a single one serialises on the max latency.
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -np.inf
-    n8 = n - n % 8
-    for j in range(0, n8, 8):
+@nb.njit(inline="always", fastmath=_MAX_FLAGS)
+def _max2(x, y):
+    return x if x > y else y
+
+
+@nb.njit(inline="always", fastmath=_MAX_FLAGS)
+def _tile_max(buf, n, scratch):
+    """Maximum of ``buf[:n]`` by pairwise halving into ``scratch``.
+
+    A running-max loop does not vectorise in numba; elementwise maxima of two halves do
+    (``vmaxpd``), so the tile is folded in half until eight values remain.
+    """
+    m = -np.inf
+    if n < 16:
+        for j in range(n):
+            m = _max2(m, buf[np.uintp(j)])
+        return m
+    h = n // 2
+    hu = np.uintp(h)
+    for j in range(h):
         u = np.uintp(j)
-        m0 = max(m0, buf[u])
-        m1 = max(m1, buf[u + 1])
-        m2 = max(m2, buf[u + 2])
-        m3 = max(m3, buf[u + 3])
-        m4 = max(m4, buf[u + 4])
-        m5 = max(m5, buf[u + 5])
-        m6 = max(m6, buf[u + 6])
-        m7 = max(m7, buf[u + 7])
-    for j in range(n8, n):
-        m0 = max(m0, buf[np.uintp(j)])
-    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+        scratch[u] = _max2(buf[u], buf[u + hu])
+    if n % 2:
+        m = buf[np.uintp(n - 1)]
+    while h > 8:
+        if h % 2:
+            m = _max2(m, scratch[np.uintp(h - 1)])
+        h //= 2
+        hu = np.uintp(h)
+        for j in range(h):
+            u = np.uintp(j)
+            scratch[u] = _max2(scratch[u], scratch[u + hu])
+    for j in range(h):
+        m = _max2(m, scratch[np.uintp(j)])
+    return m
 
 
 @nb.njit(inline="always", fastmath=_SUM_FLAGS)
@@ -151,7 +169,7 @@ def _tile_dot(buf, vT, k, j0, n):
 
 
 @nb.njit(inline="always", fastmath=_SUM_FLAGS)
-def _scores_max_tile(buf, a, i, bT, logw, j0, n):
+def _scores_max_tile(buf, scratch, a, i, bT, logw, j0, n):
     """Scores of target ``i`` against a source tile into ``buf``; returns their maximum."""
     p = a.shape[1]
     if p == 3:  # fused fast path for the common 3-dimensional case
@@ -169,7 +187,7 @@ def _scores_max_tile(buf, a, i, bT, logw, j0, n):
             buf[np.uintp(j)] = logw[u] + c0 * bT[0, u] + c1 * bT[1, u]
     else:
         _scores_tile(buf, a, i, bT, logw, j0, n)
-    return _tile_max(buf, n)
+    return _tile_max(buf, n, scratch)
 
 
 @nb.njit(inline="always", fastmath=_EXP_FLAGS)
@@ -233,13 +251,14 @@ def _softmax_block(a, bT, vT, logw, i0, i1, tile, shift, den, num):
     n_s = bT.shape[1]
     nb_t = i1 - i0
     buf = np.empty(tile)
+    scratch = np.empty(tile // 2 + 1)
     run_max = np.full(nb_t, -np.inf)
     run_den = np.zeros(nb_t)
     acc = np.zeros((nb_t, m))
     for j0 in range(0, n_s, tile):
         n = min(tile, n_s - j0)
         for t in range(nb_t):
-            tmax = _scores_max_tile(buf, a, i0 + t, bT, logw, j0, n)
+            tmax = _scores_max_tile(buf, scratch, a, i0 + t, bT, logw, j0, n)
             if tmax > run_max[t]:
                 if run_max[t] > -np.inf:
                     fac = _exp1(run_max[t] - tmax)
