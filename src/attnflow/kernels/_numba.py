@@ -235,8 +235,8 @@ def _exp_accumulate_tile(buf, shift, vT, j0, n, acc, t):
 
 #: Number of targets that share one pass over a source tile (the tile stays in L1 meanwhile).
 TARGET_BLOCK = 32
-#: Bytes of source data per tile: small enough to stay in the L1 cache (48 KiB here).
-TILE_BYTES = 24 * 1024
+#: Bytes of source data per tile: it stays in the L1 cache (48 KiB here); 32 KiB measured best.
+TILE_BYTES = 32 * 1024
 
 
 @nb.njit(fastmath=_SUM_FLAGS, cache=True)
