@@ -7,6 +7,7 @@ round-robin to the ranks and gathered on every rank.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from attnflow.particles.integrate import RK4, Euler, simulate
 from attnflow.solution import Status
 
 __all__ = ["EnsembleSolution", "ensemble"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ def ensemble(
         else np.asarray(save_times if save_times is not None else [0.0, t_final], dtype=float)
     )
     n_saved = min(runs[r][0].shape[0] for r in range(n_runs))
+    if rank == 0:
+        logger.info("ensemble: %d runs of %d tokens on %d rank(s)", n_runs, n_particles, size)
     x = np.stack([runs[r][0][:n_saved] for r in range(n_runs)])
     return EnsembleSolution(
         t=t[:n_saved],

@@ -154,9 +154,11 @@ def simulate(
         finite = bool(np.all(np.isfinite(saved[-1])))
         if not finite:
             status = Status.NONFINITE
-            logger.warning("non-finite token positions at t=%g; stopping", t)
+            if rank == 0:
+                logger.warning("non-finite token positions at t=%g; stopping", t)
             break
-    logger.info("simulate: %d tokens, %d steps, status %s", n, n_steps, status.value)
+    if rank == 0:
+        logger.debug("simulate: %d tokens, %d steps, status %s", n, n_steps, status.value)
     return Solution(
         t=ts[: len(saved)], x=np.stack(saved), weights=w, status=status, n_steps=n_steps
     )
