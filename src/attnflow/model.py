@@ -152,6 +152,9 @@ class SelfAttention:
         w = as_weights("weights", weights, x.shape[0])
         if not np.any(w > 0):
             raise ValueError("weights must have a positive entry (the measure has zero mass)")
+        return self._log_energy(x, w)
+
+    def _log_energy(self, x: np.ndarray, w: np.ndarray) -> float:
         b, _ = self._sources(x)
         s = kernel_sums(self._scores_in(x), b, np.zeros((x.shape[0], 0)), w)
         pos = w > 0

@@ -23,7 +23,7 @@ import numpy as np
 
 from attnflow.kernels import _numba
 
-__all__ = ["KernelSums", "kernel_sums", "naive_kernel_sums"]
+__all__ = ["KernelSums", "kernel_matrix", "kernel_sums", "naive_kernel_sums"]
 
 #: Relative tolerance under which two scores are a tie in the hardmax limit.
 TIE_RTOL = 1e-12
@@ -98,3 +98,26 @@ def naive_kernel_sums(
     shift = s.max(axis=1)
     e = np.exp(s - shift[:, None])
     return KernelSums(shift=shift, den=e.sum(axis=1), num=e @ values)
+
+
+def kernel_matrix(
+    a: np.ndarray, b: np.ndarray, values: np.ndarray, weights: np.ndarray, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The linear map behind :func:`kernel_sums`, summed over groups of sources.
+
+    Sources are grouped into contiguous ranges ``starts[g]:starts[g+1]`` (the quadrature points
+    of one cell); source weights are the fixed quadrature weights. Returns ``shift`` (n_t,)
+    and ``mat`` (n_t, m + 1, n_g): for group coefficients ``c`` (n_g,) (a density constant on
+    each cell), ``mat[:, 0] @ c`` and ``mat[:, 1:] @ c`` are the ``den`` and ``num`` of
+    :func:`kernel_sums` with weights ``weights * c[group]``, but shifted by the
+    density-independent ``shift``, so ``den`` may underflow where no mass is near.
+    """
+    with np.errstate(divide="ignore"):
+        logw = np.log(_c(weights))
+    return _numba.softmax_matrix(
+        _c(a),
+        _c(np.asarray(b).T),
+        _c(np.asarray(values).T),
+        logw,
+        np.ascontiguousarray(starts, dtype=np.int64),
+    )

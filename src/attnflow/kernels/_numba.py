@@ -349,3 +349,43 @@ def hardmax_sums(a, bT, vT, w, rtol):
         for k in range(m):
             num[i, k] = acc[k]
     return shift, den, num
+
+
+@nb.njit(parallel=True, fastmath=_SUM_FLAGS, cache=True)
+def softmax_matrix(a, bT, vT, logw, starts):
+    """Kernel matrix summed over groups of sources (cells of quadrature points).
+
+    For targets ``a`` (n_t, p), sources ``bT`` (p, n_s) with values ``vT`` (m, n_s) and
+    log-weights ``logw`` (n_s,), and groups ``starts`` (n_g + 1,) (group g holds sources
+    ``starts[g]:starts[g+1]``), returns ``shift`` (n_t,) with
+    ``shift_i = max_j (a_i . b_j + logw_j)`` and ``mat`` (n_t, m + 1, n_g) with
+    ``mat[i, 0, g] = sum_{j in g} exp(a_i . b_j + logw_j - shift_i)`` and
+    ``mat[i, 1 + k, g]`` the same sum weighted by ``v_kj``.
+    """
+    n_t = a.shape[0]
+    p = a.shape[1]
+    m = vT.shape[0]
+    n_s = bT.shape[1]
+    n_g = starts.shape[0] - 1
+    shift = np.empty(n_t)
+    mat = np.zeros((n_t, m + 1, n_g))
+    for i in nb.prange(n_t):
+        s = np.empty(n_s)
+        for j in range(n_s):
+            acc = logw[j]
+            for k in range(p):
+                acc += a[i, k] * bT[k, j]
+            s[j] = acc
+        best = -np.inf
+        for j in range(n_s):
+            best = max(best, s[j])
+        shift[i] = best
+        if best == -np.inf:
+            continue
+        for g in range(n_g):
+            for j in range(starts[g], starts[g + 1]):
+                e = _exp1(s[j] - best)
+                mat[i, 0, g] += e
+                for k in range(m):
+                    mat[i, 1 + k, g] += e * vT[k, j]
+    return shift, mat

@@ -1,0 +1,158 @@
+"""The attention velocity of a finite element density, as a kernel convolution.
+
+The density ``rho_h`` in DG_k is the weighted point cloud of the quadrature points ``y_q`` of
+all cells with weights ``|det J| w_q rho_h(y_q)`` (DESIGN.md §2); its velocity is evaluated at
+the nodes ``x_i`` of a continuous P1 vector space (the mesh vertices). Since neither the points
+nor the targets move, the map from density dofs to (denominator, numerator) is linear and fixed:
+
+* :class:`DenseKernel` assembles it **once** as a parallel dense PETSc matrix (rows: the
+  ``(d + 1)`` sums at the owned nodes; columns: the global density dofs). Every stage is then
+  one ``MatMult``, a pointwise division and the tangent projection. The row shift is the
+  density-independent ``s_i = max_q (beta <Q x_i, K y_q> + log(|J| w_q))``; where the density
+  has no mass within the kernel's reach of a node the shifted denominator underflows to 0 and
+  the velocity there is set to 0 (that node carries no mass to move).
+* :class:`RecomputedKernel` calls the kernel-sum engine on the density-weighted cloud at every
+  stage (exact per-stage shift; no matrix in memory): the choice for large meshes.
+
+Both use :mod:`attnflow.kernels`, the engine the particle solver uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dolfinx.fem
+import numpy as np
+from mpi4py import MPI
+from petsc4py import PETSc
+
+from attnflow.fem.transport import QuadratureCloud
+from attnflow.kernels import kernel_matrix, kernel_sums
+from attnflow.model import SelfAttention
+
+__all__ = ["AttentionVelocity", "DenseKernel", "RecomputedKernel"]
+
+#: Shifted denominators below this are "no mass in reach": the velocity is set to 0 there.
+TINY_DENOMINATOR = 1e-290
+
+
+@dataclass(frozen=True)
+class DenseKernel:
+    """Assemble the kernel once as a dense parallel PETSc matrix (small and medium meshes)."""
+
+
+@dataclass(frozen=True)
+class RecomputedKernel:
+    """Evaluate the kernel sums with the engine at every stage (no stored matrix)."""
+
+
+def _allgather(comm: MPI.Comm, a: np.ndarray) -> np.ndarray:
+    parts = comm.allgather(np.ascontiguousarray(a))
+    return np.concatenate(parts, axis=0)
+
+
+class AttentionVelocity:
+    """Updates a P1 vector Function with the velocity of a DG density.
+
+    Parameters
+    ----------
+    model : the attention model (``model.d`` must equal the mesh's geometric dimension).
+    W : the DG density space; U : the P1 vector velocity space on the same mesh.
+    cloud : quadrature of the owned cells of ``W`` (see :func:`cell_quadrature`).
+    kernel : :class:`DenseKernel` or :class:`RecomputedKernel`.
+    """
+
+    def __init__(self, model: SelfAttention, W, U, cloud: QuadratureCloud, kernel) -> None:
+        self.model = model
+        self.comm = W.mesh.comm
+        gdim = W.mesh.geometry.dim
+        self.gdim = gdim
+        self.n_nodes = U.dofmap.index_map.size_local
+        self.targets = np.ascontiguousarray(U.tabulate_dof_coordinates()[: self.n_nodes, :gdim])
+        self.a = model._scores_in(self.targets)
+        self.cloud = cloud
+        self.kernel = kernel
+        n_cells, n_l = cloud.cell_dofs.shape
+        n_q = cloud.n_q
+        imap = W.dofmap.index_map
+        self.n_dofs = imap.size_local
+        # Sources: one group per (cell, local dof): the quadrature points of the cell weighted
+        # by |J| w_q phi_l(y_q) (DG0: phi = 1). Gathered on every rank in rank order.
+        pts = cloud.points.reshape(n_cells, n_q, gdim)
+        w = cloud.weights.reshape(n_cells, n_q)
+        src_pts = np.repeat(pts[:, None, :, :], n_l, axis=1).reshape(-1, gdim)
+        src_w = (w[:, None, :] * cloud.tab.T[None, :, :]).reshape(-1)
+        gdofs = imap.local_to_global(cloud.cell_dofs.reshape(-1).astype(np.int32))
+        self.src_pts = _allgather(self.comm, src_pts)
+        self.src_w = _allgather(self.comm, src_w)
+        self.src_dofs = _allgather(self.comm, gdofs.astype(np.int64))
+        self.n_q = n_q
+        self.b, self.v = model._sources(self.src_pts)
+        self._local_src = (cloud.cell_dofs.reshape(-1), n_q)
+        if isinstance(kernel, DenseKernel):
+            self._assemble_dense()
+        elif not isinstance(kernel, RecomputedKernel):
+            raise TypeError(f"kernel must be DenseKernel() or RecomputedKernel(), got {kernel!r}")
+
+    # -- assembly --------------------------------------------------------------------------
+    def _assemble_dense(self) -> None:
+        n_groups = self.src_dofs.size
+        starts = np.arange(n_groups + 1, dtype=np.int64) * self.n_q
+        shift, mat = kernel_matrix(self.a, self.b, self.v, self.src_w, starts)
+        self.shift = shift
+        m = self.gdim + 1
+        n_global = self.comm.allreduce(self.n_dofs)
+        A = PETSc.Mat().createDense(
+            ((self.n_nodes * m, PETSc.DETERMINE), (self.n_dofs, n_global)), comm=self.comm
+        )
+        A.setUp()
+        arr = A.getDenseArray()
+        arr[:, self.src_dofs] = mat.reshape(self.n_nodes * m, n_groups)
+        A.assemble()
+        self.A = A
+        self._y = A.createVecLeft()
+
+    @property
+    def matrix_entries(self) -> int:
+        """Global number of stored kernel-matrix entries (0 for RecomputedKernel)."""
+        if isinstance(self.kernel, DenseKernel):
+            return int(self.A.getSize()[0] * self.A.getSize()[1])
+        return 0
+
+    # -- evaluation --------------------------------------------------------------------------
+    def sums(self, rho: dolfinx.fem.Function) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(shift, den, num)`` at the owned nodes for the density ``rho``."""
+        if isinstance(self.kernel, DenseKernel):
+            self.A.mult(rho.x.petsc_vec, self._y)
+            y = self._y.array_r.reshape(self.n_nodes, self.gdim + 1)
+            return self.shift, y[:, 0].copy(), y[:, 1:].copy()
+        dofs, n_q = self._local_src
+        w_local = self.cloud.weights.reshape(-1, n_q)
+        n_cells, n_l = self.cloud.cell_dofs.shape
+        coef = rho.x.array[self.cloud.cell_dofs]  # (n_cells, n_l)
+        w = (w_local.reshape(n_cells, 1, n_q) * self.cloud.tab.T[None] * coef[:, :, None]).reshape(
+            -1
+        )
+        w_all = _allgather(self.comm, np.maximum(w, 0.0))
+        s = kernel_sums(self.a, self.b, self.v, w_all)
+        return s.shift, s.den, s.num
+
+    def __call__(self, rho: dolfinx.fem.Function, u: dolfinx.fem.Function) -> None:
+        """Set ``u`` (owned and ghost nodes) to the velocity of ``rho``."""
+        shift, den, num = self.sums(rho)
+        model = self.model
+        if model.normalized:
+            ok = den > TINY_DENOMINATOR
+            f = np.zeros_like(num)
+            f[ok] = num[ok] / den[ok, None]
+        else:
+            log_scale = shift - (model.beta if model.rescale_usa else 0.0)
+            if np.any(log_scale[den > 0] > 709.0):
+                raise FloatingPointError(
+                    f"USA velocity overflows float64 at beta={model.beta:g}; "
+                    "use rescale_usa=True or a smaller beta"
+                )
+            f = np.exp(np.minimum(log_scale, 709.0))[:, None] * num
+        f = model.geometry.project(self.targets, f) if model.sphere else f
+        u.x.array[: self.n_nodes * self.gdim] = f.reshape(-1)
+        u.x.scatter_forward()
