@@ -88,7 +88,6 @@ class AttentionVelocity:
         self.src_dofs = _allgather(self.comm, gdofs.astype(np.int64))
         self.n_q = n_q
         self.b, self.v = model._sources(self.src_pts)
-        self._local_src = (cloud.cell_dofs.reshape(-1), n_q)
         if isinstance(kernel, DenseKernel):
             self._assemble_dense()
         elif not isinstance(kernel, RecomputedKernel):
@@ -126,9 +125,9 @@ class AttentionVelocity:
             self.A.mult(rho.x.petsc_vec, self._y)
             y = self._y.array_r.reshape(self.n_nodes, self.gdim + 1)
             return self.shift, y[:, 0].copy(), y[:, 1:].copy()
-        dofs, n_q = self._local_src
+        n_q = self.cloud.n_q
         w_local = self.cloud.weights.reshape(-1, n_q)
-        n_cells, n_l = self.cloud.cell_dofs.shape
+        n_cells = self.cloud.cell_dofs.shape[0]
         coef = rho.x.array[self.cloud.cell_dofs]  # (n_cells, n_l)
         w = (w_local.reshape(n_cells, 1, n_q) * self.cloud.tab.T[None] * coef[:, :, None]).reshape(
             -1

@@ -54,7 +54,8 @@ class FieldSolution:
     outflow : (n_saved,) mass that has left the domain (boxes; 0 on spheres).
     energy : (n_saved,) ``log E`` of the density (see ``SelfAttention.log_energy``).
     min_density : (n_saved,) minimum of ``rho`` over the quadrature points.
-    points : (n_points, d) quadrature points of all cells (global cell order).
+    points : (n_points, d) quadrature points of all cells (input cell order, the same on any
+        number of ranks).
     weights : (n_saved, n_points) weights ``|J| w_q rho(y_q)``: each saved density as a
         weighted point cloud, compared with particles like any other cloud.
     dt : the time step; n_steps : steps taken; wall_time : seconds in ``solve``.
@@ -143,7 +144,10 @@ class MeanFieldSolver:
         f = rho0.pdf if isinstance(rho0, Law) else rho0
         if not callable(f):
             raise TypeError("rho0 must be a Law or a callable (n, d) -> (n,)")
-        vals = np.asarray(f(self.cloud.points), dtype=float).reshape(-1)
+        pts = self.cloud.points
+        if self.model.sphere:  # the faceted mesh is mapped to the sphere by radial projection
+            pts = pts / np.linalg.norm(pts, axis=1, keepdims=True)
+        vals = np.asarray(f(pts), dtype=float).reshape(-1)
         if vals.shape != (self.cloud.points.shape[0],) or not np.all(np.isfinite(vals)):
             raise ValueError("rho0 must return one finite value per point")
         if np.any(vals < 0):
@@ -163,23 +167,11 @@ class MeanFieldSolver:
         mesh.topology.create_connectivity(tdim, tdim - 1)
         n_cells = mesh.topology.index_map(tdim).size_local
         if tdim == 1:
-            perim = np.full(n_cells, 2.0)
+            perim = np.full(n_cells, 2.0)  # two end points, each of measure 1
         else:
-            fdim = tdim - 1
-            facet_vol = dolfinx.mesh.h(
-                mesh,
-                fdim,
-                np.arange(
-                    mesh.topology.index_map(fdim).size_local
-                    + mesh.topology.index_map(fdim).num_ghosts,
-                    dtype=np.int32,
-                ),
-            )
-            if fdim == 2:  # h is the longest edge: area bound by sqrt(3)/4 h^2 is not exact;
-                # use the exact facet areas instead.
-                facet_vol = self._facet_areas()
-            c2f = mesh.topology.connectivity(tdim, fdim)
-            perim = np.array([facet_vol[c2f.links(c)].sum() for c in range(n_cells)])
+            c2f = mesh.topology.connectivity(tdim, tdim - 1)
+            facet_measure = self._facet_measures()
+            perim = np.array([facet_measure[c2f.links(c)].sum() for c in range(n_cells)])
         ratio = self.comm.allreduce(float(np.min(self.cell_volume / perim)), op=MPI.MIN)
         x = mesh.geometry.x
         R = self.comm.allreduce(float(np.max(np.linalg.norm(x, axis=1))), op=MPI.MAX)
@@ -194,15 +186,15 @@ class MeanFieldSolver:
         c_ssp = 2.0  # SSPRK(4,3)
         return cfl * c_ssp * ratio / max(speed, 1e-300)
 
-    def _facet_areas(self) -> np.ndarray:
+    def _facet_measures(self) -> np.ndarray:
+        """Length (segments) or area (triangles) of every local facet."""
         mesh = self.mesh
         fdim = mesh.topology.dim - 1
-        mesh.topology.create_connectivity(fdim, 0)
-        f2v = mesh.topology.connectivity(fdim, 0)
-        n_f = mesh.topology.index_map(fdim).size_local + mesh.topology.index_map(fdim).num_ghosts
-        geom = dolfinx.mesh.entities_to_geometry(mesh, fdim, np.arange(n_f, dtype=np.int32))
-        del f2v
-        x = mesh.geometry.x[geom]
+        imap = mesh.topology.index_map(fdim)
+        facets = np.arange(imap.size_local + imap.num_ghosts, dtype=np.int32)
+        x = mesh.geometry.x[dolfinx.mesh.entities_to_geometry(mesh, fdim, facets)]
+        if fdim == 1:
+            return np.linalg.norm(x[:, 1] - x[:, 0], axis=1)
         return 0.5 * np.linalg.norm(np.cross(x[:, 1] - x[:, 0], x[:, 2] - x[:, 0]), axis=1)
 
     # -- evaluation --------------------------------------------------------------------------
@@ -227,10 +219,13 @@ class MeanFieldSolver:
         return (self.cloud.weights.reshape(-1, n_q) * dens[:, None]).reshape(-1)
 
     def _gather_cloud(self, w: np.ndarray) -> np.ndarray:
-        """Gather per-cell arrays on all ranks in global cell order."""
-        imap = self.W.dofmap.index_map
-        gd = imap.local_to_global(self.cloud.cell_dofs[:, 0].astype(np.int32))
+        """Gather per-cell arrays on all ranks, ordered by the mesh's input cell index.
+
+        The input (original) cell index does not depend on the partition, so the gathered
+        cloud is the same array on 1, 2 or 3 ranks.
+        """
         n_q = self.cloud.n_q
+        gd = np.asarray(self.mesh.topology.original_cell_index[: self.cloud.cell_dofs.shape[0]])
         parts = self.comm.allgather((gd, w.reshape(len(gd), n_q, *w.shape[1:])))
         g = np.concatenate([p[0] for p in parts])
         v = np.concatenate([p[1] for p in parts])
