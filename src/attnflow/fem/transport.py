@@ -66,7 +66,7 @@ def cell_quadrature(W: dolfinx.fem.FunctionSpace, degree: int) -> QuadratureClou
     cell_type = mesh.basix_cell()
     ref_pts, ref_w = basix.make_quadrature(cell_type, degree)
     x = mesh.geometry.x[:, :gdim]
-    nodes = mesh.geometry.dofmap[:n_cells]
+    nodes = mesh.geometry.dofmaps[0][:n_cells]
     x0 = x[nodes[:, 0]]
     J = np.stack([x[nodes[:, k + 1]] - x0 for k in range(tdim)], axis=2)  # (c, gdim, tdim)
     vol = np.sqrt(np.abs(np.linalg.det(np.einsum("cij,cik->cjk", J, J))))

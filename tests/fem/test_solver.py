@@ -1,0 +1,189 @@
+import numpy as np
+import pytest
+from mpi4py import MPI
+from scipy.special import ive
+
+import attnflow as af
+from attnflow.fem import (
+    DenseKernel,
+    MeanFieldSolver,
+    RecomputedKernel,
+    box_mesh,
+    circle_mesh,
+    sphere_mesh,
+)
+
+CASES = {
+    "circle": lambda comm: (
+        af.SelfAttention(2, beta=9.0),
+        circle_mesh(64, comm),
+        af.PerturbedCircle(0.3, 3),
+    ),
+    "sphere": lambda comm: (
+        af.SelfAttention(3, beta=4.0),
+        sphere_mesh(2, comm),
+        af.VonMisesFisher([0.0, 0.6, 0.8], 1.0),
+    ),
+    "box": lambda comm: (
+        af.SelfAttention(2, beta=1.0, K=-np.eye(2), sphere=False),
+        box_mesh(2, 3.0, 12, comm),
+        af.Gaussian([0.5, 0.0], [[0.5, 0.1], [0.1, 0.3]]),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("kernel", [DenseKernel(), RecomputedKernel()])
+def test_mass_is_conserved_and_density_stays_positive(case, kernel):
+    model, mesh, law = CASES[case](MPI.COMM_WORLD)
+    sol = MeanFieldSolver(model, mesh, law, kernel=kernel).solve(2.0, [0.0, 1.0, 2.0])
+    drift = np.abs(sol.mass + sol.outflow - sol.mass[0]) / sol.mass[0]
+    assert np.all(drift <= 1e-12)
+    if case != "box":
+        assert np.all(np.abs(sol.mass - sol.mass[0]) <= 1e-12 * sol.mass[0])
+    else:  # the mean drifts outward (m' = m - Sigma m): a little mass leaves the box
+        assert 0 < sol.outflow[-1] < 1e-2 and np.all(np.diff(sol.outflow) >= -1e-15)
+    assert np.all(sol.min_density >= 0)
+    assert sol.weights.shape == (3, sol.points.shape[0]) and np.all(sol.weights >= 0)
+
+
+@pytest.mark.parametrize("case", ["circle", "sphere"])
+def test_energy_never_decreases_for_identity_weights(case):
+    model, mesh, law = CASES[case](MPI.COMM_WORLD)
+    sol = MeanFieldSolver(model, mesh, law).solve(3.0, np.linspace(0, 3, 7))
+    assert np.all(np.diff(sol.energy) >= -1e-12) and sol.energy[-1] > sol.energy[0]
+
+
+def test_dense_and_recomputed_kernels_agree():
+    model, mesh, law = CASES["sphere"](MPI.COMM_WORLD)
+    a = MeanFieldSolver(model, mesh, law, kernel=DenseKernel()).solve(1.0)
+    b = MeanFieldSolver(model, mesh, law, kernel=RecomputedKernel()).solve(1.0)
+    np.testing.assert_allclose(a.weights, b.weights, rtol=1e-11, atol=1e-15)
+
+
+def test_uniform_density_is_stationary_on_the_circle():
+    sol = MeanFieldSolver(
+        af.SelfAttention(2, beta=9.0), circle_mesh(50), af.UniformSphere(2)
+    ).solve(5.0)
+    np.testing.assert_allclose(sol.weights[-1], sol.weights[0], rtol=1e-12)
+
+
+def test_uniform_density_on_the_sphere_is_stationary_up_to_the_mesh_error():
+    # The icosphere is not exactly symmetric: the velocity of the uniform density is O(h^2)
+    # and so is the change; it must shrink under refinement.
+    changes = []
+    for level in (2, 3, 4):
+        sol = MeanFieldSolver(
+            af.SelfAttention(3, beta=4.0),
+            sphere_mesh(level),
+            af.UniformSphere(3),
+            kernel=RecomputedKernel(),
+        ).solve(1.0)
+        changes.append(np.max(np.abs(sol.weights[-1] / sol.weights[0] - 1)))
+    assert changes[2] < 1e-3 and changes[0] > changes[1] > changes[2], changes
+
+
+def growth_rate(beta, n, cells):
+    lam = n**2 * ive(n, beta) / (beta * ive(0, beta))
+    T = min(1.0 / lam, 2.0)
+    sol = MeanFieldSolver(
+        af.SelfAttention(2, beta=beta),
+        circle_mesh(cells, MPI.COMM_SELF),
+        af.PerturbedCircle(1e-6, n),
+    ).solve(T)
+    a = sol.weights @ np.cos(n * np.arctan2(sol.points[:, 1], sol.points[:, 0]))
+    return np.log(a[1] / a[0]) / T, lam
+
+
+@pytest.mark.parametrize("beta", [1.0, 4.0, 9.0])
+def test_circle_linear_growth_rates_dg0(beta):
+    """lambda_n = n^2 I_n(beta) / (beta I_0(beta)), modes 1..6, within 3% at 100 cells."""
+    for n in range(1, 7):
+        rate, lam = growth_rate(beta, n, 100)
+        assert abs(rate / lam - 1) < 0.03, (beta, n, rate, lam)
+
+
+def test_circle_growth_rate_error_shrinks_at_second_order():
+    errs = [abs(growth_rate(9.0, 6, c)[0] / growth_rate(9.0, 6, c)[1] - 1) for c in (50, 100, 200)]
+    orders = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
+    assert np.all(orders > 1.8), orders
+
+
+@pytest.mark.mpi
+def test_serial_equals_parallel():
+    comm = MPI.COMM_WORLD
+    for case in sorted(CASES):
+        par = MeanFieldSolver(*CASES[case](comm)).solve(1.0, [0.0, 1.0])
+        ser = MeanFieldSolver(*CASES[case](MPI.COMM_SELF)).solve(1.0, [0.0, 1.0])
+        np.testing.assert_allclose(par.weights, ser.weights, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(par.energy, ser.energy, rtol=1e-12)
+
+
+def test_output_files_are_written_only_where_asked(tmp_path, monkeypatch):
+    comm = MPI.COMM_WORLD
+    out = comm.bcast(str(tmp_path) if comm.rank == 0 else None)
+    monkeypatch.chdir(out)
+    model, mesh, law = CASES["circle"](comm)
+    solver = MeanFieldSolver(model, mesh, law)
+    solver.solve(0.5)
+    comm.Barrier()
+    assert (
+        sorted(p.name for p in (tmp_path if comm.rank == 0 else tmp_path).iterdir()) == []
+        or comm.rank != 0
+    )
+    solver.solve(0.5, [0.0, 0.25, 0.5], output_dir=f"{out}/run")
+    comm.Barrier()
+    from pathlib import Path
+
+    names = {p.name for p in Path(out, "run").iterdir()}
+    assert {"density.xdmf", "density.h5"} <= names
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (
+            lambda: MeanFieldSolver(af.SelfAttention(3), circle_mesh(8), af.UniformSphere(2)),
+            "model.d must equal",
+        ),
+        (
+            lambda: MeanFieldSolver(
+                af.SelfAttention(2, sphere=False), circle_mesh(8), af.UniformSphere(2)
+            ),
+            "model.sphere must match",
+        ),
+        (
+            lambda: MeanFieldSolver(
+                af.SelfAttention(2), circle_mesh(8), lambda x: -np.ones(len(x))
+            ),
+            "rho0 must be >= 0",
+        ),
+        (
+            lambda: MeanFieldSolver(
+                af.SelfAttention(2), circle_mesh(8), lambda x: np.zeros(len(x))
+            ),
+            "positive mass",
+        ),
+        (
+            lambda: MeanFieldSolver(
+                af.SelfAttention(2), circle_mesh(8), af.UniformSphere(2), cfl=2
+            ),
+            "cfl must be",
+        ),
+        (
+            lambda: MeanFieldSolver(
+                af.SelfAttention(2), circle_mesh(8), af.UniformSphere(2), kernel="dense"
+            ),
+            "kernel must be",
+        ),
+        (
+            lambda: MeanFieldSolver(af.SelfAttention(2), circle_mesh(8), af.UniformSphere(2)).solve(
+                1.0, [0.5, 0.2]
+            ),
+            "save_times must be increasing",
+        ),
+    ],
+)
+def test_bad_input_is_rejected(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
