@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -119,24 +121,18 @@ def test_serial_equals_parallel():
         np.testing.assert_allclose(par.energy, ser.energy, rtol=1e-12)
 
 
-def test_output_files_are_written_only_where_asked(tmp_path, monkeypatch):
+def test_output_files_are_written_only_where_asked(tmp_path_factory, monkeypatch):
     comm = MPI.COMM_WORLD
-    out = comm.bcast(str(tmp_path) if comm.rank == 0 else None)
+    out = Path(comm.bcast(str(tmp_path_factory.mktemp("out")) if comm.rank == 0 else None))
     monkeypatch.chdir(out)
     model, mesh, law = CASES["circle"](comm)
     solver = MeanFieldSolver(model, mesh, law)
     solver.solve(0.5)
     comm.Barrier()
-    assert (
-        sorted(p.name for p in (tmp_path if comm.rank == 0 else tmp_path).iterdir()) == []
-        or comm.rank != 0
-    )
-    solver.solve(0.5, [0.0, 0.25, 0.5], output_dir=f"{out}/run")
+    assert list(out.iterdir()) == []  # nothing in the working directory by default
+    solver.solve(0.5, [0.0, 0.25, 0.5], output_dir=out / "run")
     comm.Barrier()
-    from pathlib import Path
-
-    names = {p.name for p in Path(out, "run").iterdir()}
-    assert {"density.xdmf", "density.h5"} <= names
+    assert {"density.xdmf", "density.h5"} <= {p.name for p in (out / "run").iterdir()}
 
 
 @pytest.mark.parametrize(
