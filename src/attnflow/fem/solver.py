@@ -56,6 +56,8 @@ class FieldSolution:
     min_density : (n_saved,) minimum of ``rho`` over the quadrature points.
     points : (n_points, d) quadrature points of all cells (input cell order, the same on any
         number of ranks).
+    point_weights : (n_points,) quadrature weights ``|J| w_q`` (``weights / point_weights`` is
+        the density at the points).
     weights : (n_saved, n_points) weights ``|J| w_q rho(y_q)``: each saved density as a
         weighted point cloud, compared with particles like any other cloud.
     dt : the time step; n_steps : steps taken; wall_time : seconds in ``solve``.
@@ -67,6 +69,7 @@ class FieldSolution:
     energy: np.ndarray
     min_density: np.ndarray
     points: np.ndarray
+    point_weights: np.ndarray
     weights: np.ndarray
     dt: float
     n_steps: int
@@ -82,8 +85,9 @@ class MeanFieldSolver:
         ``model.sphere`` must match the mesh (manifold mesh of the unit sphere, or a box).
     mesh : from :func:`circle_mesh`, :func:`sphere_mesh` or :func:`box_mesh` (ghosted).
     rho0 : initial density: a :class:`~attnflow.laws.Law` (its ``pdf``) or a callable mapping
-        ``(n, d)`` points to ``(n,)`` values >= 0. L2-projected onto DG0 (cell averages).
-    degree : polynomial degree of the density (0: upwind finite volumes).
+        ``(n, d)`` points to ``(n,)`` values >= 0. L2-projected onto DG_k (then limited).
+    degree : polynomial degree of the density: 0 (upwind finite volumes) or 1 (DG1 with the
+        Zhang–Shu positivity limiter after every stage).
     kernel : :class:`DenseKernel` (assembled once) or :class:`RecomputedKernel`.
     cfl : fraction of the SSP time-step bound (0 < cfl <= 1).
     quadrature_degree : degree of the cell quadrature of the kernel integrals.
@@ -113,10 +117,8 @@ class MeanFieldSolver:
                 "model.sphere must match the mesh: sphere=True needs a sphere mesh "
                 f"(got a {'manifold' if manifold else 'volume'} mesh)"
             )
-        if degree != 0:
-            raise ValueError(
-                f"degree must be 0 (DG1 with a limiter is not implemented yet), got {degree!r}"
-            )
+        if degree not in (0, 1):
+            raise ValueError(f"degree must be 0 or 1, got {degree!r}")
         if not (0 < cfl <= 1):
             raise ValueError(f"cfl must be in (0, 1], got {cfl!r}")
         self.model, self.mesh, self.comm = model, mesh, mesh.comm
@@ -124,7 +126,13 @@ class MeanFieldSolver:
         self.U = dolfinx.fem.functionspace(mesh, ("Lagrange", 1, (gdim,)))
         self.rho = dolfinx.fem.Function(self.W, name="density")
         self.u = dolfinx.fem.Function(self.U, name="velocity")
-        self.cloud = cell_quadrature(self.W, quadrature_degree)
+        self.degree = degree
+        self.cloud = cell_quadrature(self.W, max(quadrature_degree, 2 * degree))
+        q = self.cloud
+        w = q.weights.reshape(-1, q.n_q)
+        # Cell mass matrices M_c = sum_q w_q phi(y_q) phi(y_q)^T (exact: affine cells), inverted.
+        self._minv = np.linalg.inv(np.einsum("cq,qi,qj->cij", w, q.tab, q.tab))
+        self._cell_volume = w.sum(axis=1)
         self._set_initial(rho0)
         self.velocity = AttentionVelocity(model, self.W, self.U, self.cloud, kernel)
         phi = ufl.TestFunction(self.W)
@@ -152,14 +160,36 @@ class MeanFieldSolver:
             raise ValueError("rho0 must return one finite value per point")
         if np.any(vals < 0):
             raise ValueError(f"rho0 must be >= 0 (min {vals.min():.3g})")
-        n_q = self.cloud.n_q
-        w = self.cloud.weights.reshape(-1, n_q)
-        avg = (w * vals.reshape(-1, n_q)).sum(1) / w.sum(1)
-        self.rho.x.array[self.cloud.cell_dofs[:, 0]] = avg
-        self.rho.x.scatter_forward()
-        mass = self.comm.allreduce(float((w.sum(1) * avg).sum()))
+        q = self.cloud
+        w = q.weights.reshape(-1, q.n_q)
+        mass = self.comm.allreduce(float((w * vals.reshape(-1, q.n_q)).sum()))
         if not mass > 0:
             raise ValueError("rho0 must have positive mass on the mesh")
+        # L2 projection, cell by cell (DG0: cell averages), then the positivity limiter.
+        b = np.einsum("cq,cq,ql->cl", w, vals.reshape(-1, q.n_q), q.tab)
+        self.rho.x.array[q.cell_dofs] = np.einsum("cij,cj->ci", self._minv, b)
+        self._limit(self.rho.x.array)
+        self.rho.x.scatter_forward()
+
+    def _limit(self, dofs: np.ndarray) -> None:
+        """Zhang–Shu positivity limiter, in place on the owned dofs (no-op for DG0).
+
+        In each cell, ``rho <- mean + theta (rho - mean)`` with the largest ``theta`` in
+        [0, 1] that makes the vertex values (where a P1 function attains its minimum) >= 0.
+        The cell mean, hence the mass, is unchanged; it is >= 0 under the CFL bound.
+        """
+        if self.degree == 0:
+            return
+        cd = self.cloud.cell_dofs
+        vals = dofs[cd]
+        mean = vals.mean(axis=1)  # P1 Lagrange: the mean is the average of the vertex values
+        low = vals.min(axis=1)
+        bad = low < 0
+        if np.any(bad):
+            gap = np.where(bad, mean - low, 1.0)
+            theta = np.where(bad, np.clip(mean / gap, 0.0, 1.0), 1.0)
+            # Round-off can leave -1e-32 where theta makes the minimum exactly 0: clip it.
+            dofs[cd] = np.maximum(mean[:, None] + theta[:, None] * (vals - mean[:, None]), 0.0)
 
     def _cfl_step(self, cfl: float) -> float:
         mesh, model = self.mesh, self.model
@@ -172,7 +202,7 @@ class MeanFieldSolver:
             c2f = mesh.topology.connectivity(tdim, tdim - 1)
             facet_measure = self._facet_measures()
             perim = np.array([facet_measure[c2f.links(c)].sum() for c in range(n_cells)])
-        ratio = self.comm.allreduce(float(np.min(self.cell_volume / perim)), op=MPI.MIN)
+        ratio = self.comm.allreduce(float(np.min(self._cell_volume / perim)), op=MPI.MIN)
         x = mesh.geometry.x
         R = self.comm.allreduce(float(np.max(np.linalg.norm(x, axis=1))), op=MPI.MAX)
         vnorm = float(np.linalg.norm(model.V, 2))
@@ -184,7 +214,10 @@ class MeanFieldSolver:
             c = model.beta if model.rescale_usa else 0.0
             speed = mass * vnorm * R * math.exp(min(model.beta * R * R * qk - c, 700.0))
         c_ssp = 2.0  # SSPRK(4,3)
-        return cfl * c_ssp * ratio / max(speed, 1e-300)
+        # DG1: the cell means stay >= 0 under a (tdim + 1) times smaller forward Euler step
+        # (the vertex-quadrature weight of P1, Zhang–Shu); the limiter then restores rho >= 0.
+        dg = 1.0 if self.degree == 0 else 1.0 / (tdim + 1)
+        return cfl * c_ssp * dg * ratio / max(speed, 1e-300)
 
     def _facet_measures(self) -> np.ndarray:
         """Length (segments) or area (triangles) of every local facet."""
@@ -205,18 +238,27 @@ class MeanFieldSolver:
     def rhs(self, ts, t, x: PETSc.Vec, f: PETSc.Vec) -> None:
         """``f = M^{-1} F(rho)`` for the density dofs ``x`` (PETSc TS signature)."""
         self.rho.x.array[: self.n_dofs] = x.array_r
+        # DG1: every stage is limited before its right-hand side is evaluated (PETSc locks the
+        # stage vector, so the limited copy lives in rho), and the solution after every step
+        # (_post_step). The limiter keeps cell means, so each stage's cell means equal those
+        # of a forward Euler step from a limited state: >= 0 under the CFL bound.
+        self._limit(self.rho.x.array)
         self.rho.x.scatter_forward()
         self.velocity(self.rho, self.u)
         b = self._b.x
         b.array[:] = 0.0
         dolfinx.fem.assemble_vector(b.array, self._form)
         b.scatter_reverse(dolfinx.la.InsertMode.add)
-        f.array[:] = b.array[: self.n_dofs] / self.cell_volume
+        cd = self.cloud.cell_dofs
+        f.array[cd] = np.einsum("cij,cj->ci", self._minv, b.array[cd])
+
+    def _post_step(self, ts) -> None:
+        self._limit(ts.getSolution().array)
 
     def _cloud_weights(self) -> np.ndarray:
-        n_q = self.cloud.n_q
-        dens = self.rho.x.array[self.cloud.cell_dofs[:, 0]]
-        return (self.cloud.weights.reshape(-1, n_q) * dens[:, None]).reshape(-1)
+        q = self.cloud
+        dens = self.rho.x.array[q.cell_dofs] @ q.tab.T  # (cells, n_q): rho at the points
+        return (q.weights.reshape(-1, q.n_q) * dens).reshape(-1)
 
     def _gather_cloud(self, w: np.ndarray) -> np.ndarray:
         """Gather per-cell arrays on all ranks, ordered by the mesh's input cell index.
@@ -270,6 +312,8 @@ class MeanFieldSolver:
             opts.setValue(k, v)
         x = self.rho.x.petsc_vec.copy()
         ts.setRHSFunction(self.rhs, x.duplicate())
+        if self.degree > 0:
+            ts.setPostStep(self._post_step)
         ts.setTimeStep(self.dt)
         ts.setExactFinalTime(PETSc.TS.ExactFinalTime.MATCHSTEP)
         ts.setMaxSteps(10**9)
@@ -306,6 +350,7 @@ class MeanFieldSolver:
             energy=np.array(rec["energy"]),
             min_density=np.array(rec["min"]),
             points=self._gather_cloud(self.cloud.points),
+            point_weights=self._gather_cloud(self.cloud.weights),
             weights=np.stack(rec["w"]),
             dt=self.dt,
             n_steps=n_steps,
