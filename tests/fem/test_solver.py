@@ -11,6 +11,7 @@ from attnflow.fem import (
     DenseKernel,
     MeanFieldSolver,
     RecomputedKernel,
+    SparseKernel,
     box_mesh,
     circle_mesh,
     sphere_mesh,
@@ -230,3 +231,38 @@ def test_output_files_are_written_only_where_asked(tmp_path_factory, monkeypatch
 def test_bad_input_is_rejected(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+def test_sparse_kernel_matches_dense_and_drops_entries_as_beta_grows():
+    law = af.Mixture(
+        [af.VonMisesFisher([0.0, 0.0, 1.0], 3.0), af.VonMisesFisher([1.0, 0.0, 0.0], 3.0)],
+        [0.5, 0.5],
+    )
+    nnz = []
+    for beta in (10.0, 100.0, 1000.0):
+        model = af.SelfAttention(3, beta=beta)
+        dense = MeanFieldSolver(model, sphere_mesh(2), law, kernel=DenseKernel())
+        sparse = MeanFieldSolver(model, sphere_mesh(2), law, kernel=SparseKernel(1e-12))
+        a, b = dense.solve(0.3), sparse.solve(0.3)
+        np.testing.assert_allclose(b.weights, a.weights, rtol=1e-9, atol=1e-14)
+        nnz.append(sparse.velocity.matrix_entries)
+        assert nnz[-1] <= dense.velocity.matrix_entries
+    assert nnz[0] > nnz[1] > nnz[2]
+
+
+@pytest.mark.parametrize("kernel", [DenseKernel(), SparseKernel(1e-12)])
+def test_denominator_underflow_is_handled(kernel):
+    """beta = 1e4, all mass near the north pole: at the south the fixed-shift denominator
+    underflows to 0; the velocity there is 0 by definition, everything stays finite."""
+    model = af.SelfAttention(3, beta=1e4)
+    cap = lambda x: (x[:, 2] > 0.5).astype(float)  # noqa: E731  (no mass in the south)
+    solver = MeanFieldSolver(model, sphere_mesh(3), cap, kernel=kernel)
+    _, den, _ = solver.velocity.sums(solver.rho)
+    south = solver.velocity.targets[:, 2] < -0.5
+    assert np.all(den[south] == 0) and np.all(np.isfinite(den))
+    solver.velocity(solver.rho, solver.u)
+    u = solver.u.x.array.reshape(-1, 3)[: solver.velocity.n_nodes]
+    assert np.all(np.isfinite(u)) and np.all(u[south] == 0)
+    sol = solver.solve(0.2, [0.0, 0.1, 0.2])
+    assert np.all(np.abs(sol.mass / sol.mass[0] - 1) < 1e-12) and np.all(sol.min_density >= 0)
+    assert np.all(np.isfinite(sol.weights)) and np.all(np.isfinite(sol.energy))

@@ -2,7 +2,12 @@
 
 from mpi4py import MPI  # noqa: F401  (before dolfinx: libmpi must be loaded first)
 
-from attnflow.fem.attention import AttentionVelocity, DenseKernel, RecomputedKernel
+from attnflow.fem.attention import (
+    AttentionVelocity,
+    DenseKernel,
+    RecomputedKernel,
+    SparseKernel,
+)
 from attnflow.fem.meshes import box_mesh, circle_mesh, icosphere, sphere_mesh
 from attnflow.fem.solver import FieldSolution, MeanFieldSolver
 
@@ -12,6 +17,7 @@ __all__ = [
     "FieldSolution",
     "MeanFieldSolver",
     "RecomputedKernel",
+    "SparseKernel",
     "box_mesh",
     "circle_mesh",
     "icosphere",

@@ -11,6 +11,11 @@ nor the targets move, the map from density dofs to (denominator, numerator) is l
   density-independent ``s_i = max_q (beta <Q x_i, K y_q> + log(|J| w_q))``; where the density
   has no mass within the kernel's reach of a node the shifted denominator underflows to 0 and
   the velocity there is set to 0 (that node carries no mass to move).
+* :class:`SparseKernel` assembles the same map as a sparse (AIJ) PETSc matrix, dropping the
+  cells whose kernel values are all below ``tol`` times the row's largest one: at low
+  temperature the kernel vanishes beyond the angle ``arccos(1 - log(1/tol)/beta)`` (Q = K = I),
+  so most entries go. The relative error of the sums is at most ``tol * n_cells * rho_max /
+  rho_near`` where ``rho_near`` is the density near the row's best-aligned point.
 * :class:`RecomputedKernel` calls the kernel-sum engine on the density-weighted cloud at every
   stage (exact per-stage shift; no matrix in memory): the choice for large meshes.
 
@@ -27,10 +32,10 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from attnflow.fem.transport import QuadratureCloud
-from attnflow.kernels import kernel_matrix, kernel_sums
+from attnflow.kernels import kernel_matrix, kernel_matrix_sparse, kernel_sums
 from attnflow.model import SelfAttention
 
-__all__ = ["AttentionVelocity", "DenseKernel", "RecomputedKernel"]
+__all__ = ["AttentionVelocity", "DenseKernel", "RecomputedKernel", "SparseKernel"]
 
 #: Shifted denominators below this are "no mass in reach": the velocity is set to 0 there.
 TINY_DENOMINATOR = 1e-290
@@ -39,6 +44,17 @@ TINY_DENOMINATOR = 1e-290
 @dataclass(frozen=True)
 class DenseKernel:
     """Assemble the kernel once as a dense parallel PETSc matrix (small and medium meshes)."""
+
+
+@dataclass(frozen=True)
+class SparseKernel:
+    """Assemble the kernel once as a sparse PETSc matrix, truncated at ``tol`` (large beta)."""
+
+    tol: float = 1e-12
+
+    def __post_init__(self) -> None:
+        if not (0 < self.tol < 1):
+            raise ValueError(f"tol must be in (0, 1), got {self.tol!r}")
 
 
 @dataclass(frozen=True)
@@ -90,8 +106,13 @@ class AttentionVelocity:
         self.b, self.v = model._sources(self.src_pts)
         if isinstance(kernel, DenseKernel):
             self._assemble_dense()
+        elif isinstance(kernel, SparseKernel):
+            self._assemble_sparse(kernel.tol)
         elif not isinstance(kernel, RecomputedKernel):
-            raise TypeError(f"kernel must be DenseKernel() or RecomputedKernel(), got {kernel!r}")
+            raise TypeError(
+                "kernel must be DenseKernel(), SparseKernel(tol) or RecomputedKernel(), "
+                f"got {kernel!r}"
+            )
 
     # -- assembly --------------------------------------------------------------------------
     def _assemble_dense(self) -> None:
@@ -111,17 +132,58 @@ class AttentionVelocity:
         self.A = A
         self._y = A.createVecLeft()
 
+    def _assemble_sparse(self, tol: float) -> None:
+        n_groups = self.src_dofs.size
+        starts = np.arange(n_groups + 1, dtype=np.int64) * self.n_q
+        shift, indptr, groups, values = kernel_matrix_sparse(
+            self.a, self.b, self.v, self.src_w, starts, tol
+        )
+        self.shift = shift
+        m = self.gdim + 1
+        # Row i of the targets becomes rows i*m .. i*m + m - 1, all with the same columns.
+        nnz_row = np.diff(indptr)
+        row_ptr = np.zeros(self.n_nodes * m + 1, dtype=np.int32)
+        row_ptr[1:] = np.cumsum(np.repeat(nnz_row, m))
+        cols = (
+            np.concatenate(
+                [
+                    np.tile(self.src_dofs[groups[indptr[i] : indptr[i + 1]]], m)
+                    for i in range(self.n_nodes)
+                ]
+            )
+            if self.n_nodes
+            else np.zeros(0, dtype=np.int64)
+        )
+        vals = (
+            np.concatenate(
+                [values[indptr[i] : indptr[i + 1]].T.reshape(-1) for i in range(self.n_nodes)]
+            )
+            if self.n_nodes
+            else np.zeros(0)
+        )
+        n_global = self.comm.allreduce(self.n_dofs)
+        A = PETSc.Mat().createAIJWithArrays(
+            ((self.n_nodes * m, PETSc.DETERMINE), (self.n_dofs, n_global)),
+            (row_ptr, cols.astype(PETSc.IntType), vals),
+            comm=self.comm,
+        )
+        A.assemble()
+        self.A = A
+        self._y = A.createVecLeft()
+
     @property
     def matrix_entries(self) -> int:
-        """Global number of stored kernel-matrix entries (0 for RecomputedKernel)."""
+        """Global number of stored kernel-matrix entries (0 for RecomputedKernel); collective."""
         if isinstance(self.kernel, DenseKernel):
             return int(self.A.getSize()[0] * self.A.getSize()[1])
+        if isinstance(self.kernel, SparseKernel):
+            return int(self.A.getInfo(PETSc.Mat.InfoType.GLOBAL_SUM)["nz_used"])
         return 0
 
     # -- evaluation --------------------------------------------------------------------------
     def sums(self, rho: dolfinx.fem.Function) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(shift, den, num)`` at the owned nodes for the density ``rho``."""
-        if isinstance(self.kernel, DenseKernel):
+        if isinstance(self.kernel, (DenseKernel, SparseKernel)):
             self.A.mult(rho.x.petsc_vec, self._y)
             y = self._y.array_r.reshape(self.n_nodes, self.gdim + 1)
             return self.shift, y[:, 0].copy(), y[:, 1:].copy()

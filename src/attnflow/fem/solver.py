@@ -33,7 +33,7 @@ import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from attnflow.fem.attention import AttentionVelocity, DenseKernel, RecomputedKernel
+from attnflow.fem.attention import AttentionVelocity, DenseKernel, RecomputedKernel, SparseKernel
 from attnflow.fem.transport import cell_quadrature, transport_form
 from attnflow.laws import Law
 from attnflow.model import SelfAttention
@@ -88,7 +88,8 @@ class MeanFieldSolver:
         ``(n, d)`` points to ``(n,)`` values >= 0. L2-projected onto DG_k (then limited).
     degree : polynomial degree of the density: 0 (upwind finite volumes) or 1 (DG1 with the
         Zhang–Shu positivity limiter after every stage).
-    kernel : :class:`DenseKernel` (assembled once) or :class:`RecomputedKernel`.
+    kernel : :class:`DenseKernel` (assembled once), :class:`SparseKernel` (assembled once,
+        truncated; for large beta) or :class:`RecomputedKernel` (engine at every stage).
     cfl : fraction of the SSP time-step bound (0 < cfl <= 1).
     quadrature_degree : degree of the cell quadrature of the kernel integrals.
     options_prefix : PETSc options prefix of the TS.
@@ -101,7 +102,7 @@ class MeanFieldSolver:
         rho0: Law | Callable[[np.ndarray], np.ndarray],
         *,
         degree: int = 0,
-        kernel: DenseKernel | RecomputedKernel = DenseKernel(),
+        kernel: DenseKernel | SparseKernel | RecomputedKernel = DenseKernel(),
         cfl: float = 0.9,
         quadrature_degree: int = 4,
         options_prefix: str = "attnflow_",

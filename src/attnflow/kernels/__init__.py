@@ -23,7 +23,13 @@ import numpy as np
 
 from attnflow.kernels import _numba
 
-__all__ = ["KernelSums", "kernel_matrix", "kernel_sums", "naive_kernel_sums"]
+__all__ = [
+    "KernelSums",
+    "kernel_matrix",
+    "kernel_matrix_sparse",
+    "kernel_sums",
+    "naive_kernel_sums",
+]
 
 #: Relative tolerance under which two scores are a tie in the hardmax limit.
 TIE_RTOL = 1e-12
@@ -120,4 +126,31 @@ def kernel_matrix(
         _c(np.asarray(values).T),
         logw,
         np.ascontiguousarray(starts, dtype=np.int64),
+    )
+
+
+def kernel_matrix_sparse(
+    a: np.ndarray,
+    b: np.ndarray,
+    values: np.ndarray,
+    weights: np.ndarray,
+    starts: np.ndarray,
+    tol: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`kernel_matrix` truncated to CSR: groups whose every term is below ``tol`` times
+    the row's largest term are dropped.
+
+    Returns ``shift`` (n_t,), ``indptr`` (n_t + 1,), ``groups`` (nnz,) and ``values``
+    (nnz, m + 1). With ``beta <Q x, K y>`` and Q = K = I on the sphere the kept cells lie
+    within the angle ``arccos(1 - log(1/tol) / beta)`` of the best-aligned source.
+    """
+    with np.errstate(divide="ignore"):
+        logw = np.log(_c(weights))
+    return _numba.softmax_matrix_sparse(
+        _c(a),
+        _c(np.asarray(b).T),
+        _c(np.asarray(values).T),
+        logw,
+        np.ascontiguousarray(starts, dtype=np.int64),
+        float(np.log(tol)),
     )

@@ -389,3 +389,68 @@ def softmax_matrix(a, bT, vT, logw, starts):
                 for k in range(m):
                     mat[i, 1 + k, g] += e * vT[k, j]
     return shift, mat
+
+
+@nb.njit(inline="always", fastmath=_SUM_FLAGS)
+def _row_scores(a, i, bT, logw, s):
+    n_s = bT.shape[1]
+    best = -np.inf
+    for j in range(n_s):
+        acc = logw[j]
+        for k in range(a.shape[1]):
+            acc += a[i, k] * bT[k, j]
+        s[j] = acc
+        best = max(best, acc)
+    return best
+
+
+@nb.njit(parallel=True, fastmath=_SUM_FLAGS, cache=True)
+def softmax_matrix_sparse(a, bT, vT, logw, starts, log_tol):
+    """Truncated :func:`softmax_matrix` in CSR form.
+
+    A group (cell) is kept in row ``i`` when one of its sources has
+    ``a_i . b_j + logw_j - shift_i >= log_tol``; dropped entries are each below ``e^{log_tol}``
+    times the row's largest term. Returns ``shift`` (n_t,), ``indptr`` (n_t + 1,),
+    ``groups`` (nnz,) and ``values`` (nnz, m + 1).
+    """
+    n_t = a.shape[0]
+    m = vT.shape[0]
+    n_s = bT.shape[1]
+    n_g = starts.shape[0] - 1
+    shift = np.empty(n_t)
+    counts = np.zeros(n_t, dtype=np.int64)
+    for i in nb.prange(n_t):
+        s = np.empty(n_s)
+        best = _row_scores(a, i, bT, logw, s)
+        shift[i] = best
+        c = 0
+        for g in range(n_g):
+            for j in range(starts[g], starts[g + 1]):
+                if s[j] - best >= log_tol:
+                    c += 1
+                    break
+        counts[i] = c
+    indptr = np.zeros(n_t + 1, dtype=np.int64)
+    for i in range(n_t):
+        indptr[i + 1] = indptr[i] + counts[i]
+    groups = np.empty(indptr[n_t], dtype=np.int64)
+    values = np.zeros((indptr[n_t], m + 1))
+    for i in nb.prange(n_t):
+        s = np.empty(n_s)
+        best = _row_scores(a, i, bT, logw, s)
+        pos = indptr[i]
+        for g in range(n_g):
+            keep = False
+            for j in range(starts[g], starts[g + 1]):
+                if s[j] - best >= log_tol:
+                    keep = True
+                    break
+            if keep:
+                groups[pos] = g
+                for j in range(starts[g], starts[g + 1]):
+                    e = _exp1(s[j] - best)
+                    values[pos, 0] += e
+                    for k in range(m):
+                        values[pos, 1 + k] += e * vT[k, j]
+                pos += 1
+    return shift, indptr, groups, values
