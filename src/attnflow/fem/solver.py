@@ -284,8 +284,10 @@ class MeanFieldSolver:
         """Integrate to ``t_final``; record the density at ``save_times`` (default 0, t_final).
 
         With ``output_dir`` the density and velocity time series are written there
-        collectively: ``density.xdmf`` (DG0 cell data, ParaView's ``Xdmf3ReaderT``) and, when
-        dolfinx has ADIOS2, ``density.bp`` (VTX). Nothing is written otherwise.
+        collectively: ``density.xdmf`` + ``.h5`` (the density as DG0 cell data, cell means for
+        DG1, and the P1 velocity; ParaView's ``Xdmf3ReaderT``) and, when dolfinx has ADIOS2,
+        ``density.bp`` (VTX, the density at its own degree; ParaView >= 5.12). Nothing is
+        written otherwise, and nothing to the working directory.
         """
         t_final = float(t_final)
         if not (math.isfinite(t_final) and t_final >= 0):
@@ -371,7 +373,11 @@ class MeanFieldSolver:
             self.velocity(self.rho, self.u)
             for wr in writers:
                 if isinstance(wr, dolfinx.io.XDMFFile):
-                    wr.write_function(self.rho, t)
+                    if self.degree > 0:
+                        self._rho_mean.interpolate(self.rho)
+                        wr.write_function(self._rho_mean, t)
+                    else:
+                        wr.write_function(self.rho, t)
                     wr.write_function(self.u, t)
                 else:
                     wr.write(t)
@@ -385,6 +391,10 @@ class MeanFieldSolver:
         self.comm.Barrier()
         xdmf = dolfinx.io.XDMFFile(self.comm, str(out / "density.xdmf"), "w")
         xdmf.write_mesh(self.mesh)
+        if self.degree > 0:  # XDMF holds cell data: write the cell means
+            self._rho_mean = dolfinx.fem.Function(
+                dolfinx.fem.functionspace(self.mesh, ("DG", 0)), name="density"
+            )
         writers: list = [xdmf]
         if hasattr(dolfinx.io, "VTXWriter"):
             writers.append(dolfinx.io.VTXWriter(self.comm, str(out / "density.bp"), [self.rho]))
