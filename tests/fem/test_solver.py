@@ -1,3 +1,4 @@
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -266,3 +267,13 @@ def test_denominator_underflow_is_handled(kernel):
     sol = solver.solve(0.2, [0.0, 0.1, 0.2])
     assert np.all(np.abs(sol.mass / sol.mass[0] - 1) < 1e-12) and np.all(sol.min_density >= 0)
     assert np.all(np.isfinite(sol.weights)) and np.all(np.isfinite(sol.energy))
+
+
+def test_every_save_interval_uses_the_cfl_step():
+    solver = MeanFieldSolver(
+        af.SelfAttention(2, beta=9.0), circle_mesh(50), af.PerturbedCircle(0.05, 4)
+    )
+    ts = np.linspace(0.0, 2.0, 9)
+    sol = solver.solve(2.0, ts)
+    expected = sum(int(np.ceil((b - a) / solver.dt - 1e-9)) for a, b in itertools.pairwise(ts))
+    assert sol.n_steps == expected

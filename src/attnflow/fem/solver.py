@@ -132,18 +132,21 @@ class MeanFieldSolver:
         q = self.cloud
         w = q.weights.reshape(-1, q.n_q)
         # Cell mass matrices M_c = sum_q w_q phi(y_q) phi(y_q)^T (exact: affine cells), inverted.
-        self._minv = np.linalg.inv(np.einsum("cq,qi,qj->cij", w, q.tab, q.tab))
+        mass_matrices = np.einsum("cq,qi,qj->cij", w, q.tab, q.tab)
+        self._minv = np.linalg.inv(mass_matrices)
         self._cell_volume = w.sum(axis=1)
+        # int phi_l, from the same quadrature as M (so that 1^T M M^{-1} F = sum F exactly
+        # up to round-off: a second, differently rounded set of volumes makes mass drift).
+        self._phi_integrals = mass_matrices.sum(axis=2)
         self._set_initial(rho0)
         self.velocity = AttentionVelocity(model, self.W, self.U, self.cloud, kernel)
         phi = ufl.TestFunction(self.W)
         self._form = dolfinx.fem.form(
             transport_form(self.rho, self.u, phi, mesh, boundary=not manifold)
         )
-        mass_vec = dolfinx.fem.assemble_vector(dolfinx.fem.form(phi * ufl.dx))
-        mass_vec.scatter_reverse(dolfinx.la.InsertMode.add)
         self.n_dofs = self.W.dofmap.index_map.size_local
-        self.cell_volume = mass_vec.array[: self.n_dofs].copy()
+        self.cell_volume = np.zeros(self.n_dofs)
+        self.cell_volume[q.cell_dofs] = self._phi_integrals
         self._b = dolfinx.fem.Function(self.W)
         self.dt = self._cfl_step(cfl)
         self.options_prefix = options_prefix
@@ -328,6 +331,9 @@ class MeanFieldSolver:
         n_steps = 0
         for t_next in ts_save:
             if t_next > ts.getTime():
+                # MATCHSTEP shortens the last step of a segment and TS keeps that step for the
+                # next solve: restore the CFL step every time.
+                ts.setTimeStep(self.dt)
                 ts.setMaxTime(float(t_next))
                 ts.solve(x)
                 n_steps = ts.getStepNumber()
