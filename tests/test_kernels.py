@@ -27,7 +27,8 @@ def test_engine_matches_direct_formula(rng, beta, d):
     s = kernel_sums(beta * a, b, v, w)
     lse, avg = direct(beta * a, b, v, w)
     assert np.all(np.isfinite(s.shift)) and np.all(np.isfinite(s.num))
-    assert np.all((s.den >= 1.0) & (s.den <= 1500))
+    # The shift is a lower bound of the maximum (within 600), so den >= 1 up to round-off.
+    assert np.all(s.den >= 1.0 - 1e-9) and np.all(s.den <= 1500 * np.exp(600.0))
     np.testing.assert_allclose(s.shift + np.log(s.den), lse, rtol=1e-14, atol=1e-10)
     np.testing.assert_allclose(s.num / s.den[:, None], avg, rtol=1e-10, atol=1e-12)
 
@@ -36,9 +37,9 @@ def test_engine_matches_naive_reference(rng):
     a, b = rng.standard_normal((64, 3)), rng.standard_normal((3000, 3))
     v, w = rng.standard_normal((3000, 3)), rng.random(3000)
     s, r = kernel_sums(a, b, v, w), naive_kernel_sums(a, b, v, w)
-    np.testing.assert_allclose(s.shift, r.shift, rtol=1e-14)
-    np.testing.assert_allclose(s.den, r.den, rtol=1e-12)
-    np.testing.assert_allclose(s.num, r.num, rtol=1e-11, atol=1e-12)
+    assert np.all(s.shift <= r.shift + 1e-12) and np.all(s.shift >= r.shift - 600)
+    np.testing.assert_allclose(s.shift + np.log(s.den), r.shift + np.log(r.den), rtol=1e-14)
+    np.testing.assert_allclose(s.num / s.den[:, None], r.num / r.den[:, None], rtol=1e-11)
 
 
 def test_permutation_invariance(rng):
@@ -47,7 +48,7 @@ def test_permutation_invariance(rng):
     p = rng.permutation(2000)
     s1, s2 = kernel_sums(a, b, v, w), kernel_sums(a, b[p], v[p], w[p])
     np.testing.assert_allclose(s1.num / s1.den[:, None], s2.num / s2.den[:, None], rtol=1e-12)
-    np.testing.assert_allclose(s1.shift, s2.shift, rtol=1e-15)
+    np.testing.assert_allclose(s1.shift + np.log(s1.den), s2.shift + np.log(s2.den), rtol=1e-14)
 
 
 def test_no_nan_when_mass_is_far_at_large_beta(rng):
@@ -68,8 +69,9 @@ def test_zero_weights_contribute_nothing(rng):
     w[50:] = 0.0
     s_all = kernel_sums(a, b, v, w)
     s_half = kernel_sums(a, b[:50], v[:50], w[:50])
-    np.testing.assert_allclose(s_all.num, s_half.num, rtol=1e-14)
-    np.testing.assert_allclose(s_all.den, s_half.den, rtol=1e-14)
+    np.testing.assert_allclose(
+        s_all.num / s_all.den[:, None], s_half.num / s_half.den[:, None], rtol=1e-14
+    )
     s_none = kernel_sums(a, b, v, np.zeros(100))
     assert np.all(s_none.den == 0) and np.all(np.isneginf(s_none.shift))
 

@@ -3,16 +3,20 @@
 For targets ``a_i`` (already scaled by ``beta``), sources ``b_j`` with weights ``w_j`` and values
 ``v_j`` the engine returns, per target,
 
-    shift_i = max_j (a_i . b_j + log w_j)
-    den_i   = sum_j w_j exp(a_i . b_j - shift_i)           (1 <= den_i <= n_s)
+    shift_i <= max_j (a_i . b_j + log w_j) <= shift_i + 600
+    den_i   = sum_j w_j exp(a_i . b_j - shift_i)           (den_i >= 1)
     num_i   = sum_j w_j exp(a_i . b_j - shift_i) v_j
 
 from which the softmax (SA) velocity ``num/den``, the unnormalised (USA) velocity
-``exp(shift) num`` and log-sum-exp energies follow without overflow for any ``beta``. Folding the
-log-weights into the shift means the largest term is exactly 1: the denominator can neither
-overflow nor underflow, whatever ``beta`` is. With ``hardmax=True`` the zero-temperature limit is
-taken instead: only the sources whose score ties the maximum (relative tolerance ``tie_rtol``)
-count, with their weights.
+``exp(shift) num`` and log-sum-exp energies (``shift + log den``) follow without overflow for
+any ``beta``. The log-weights are folded into the shift, and the shift is a running maximum:
+the largest term is at least 1 and at most e^600, so the denominator can neither overflow nor
+underflow, whatever ``beta`` is. (The shift is the exact maximum when the scores spread over
+more than 600, i.e. at large ``beta``; otherwise tiles skip their maximum and are summed in
+one fused pass, see :mod:`attnflow.kernels._numba`.)
+
+With ``hardmax=True`` the zero-temperature limit is taken instead: only the sources whose
+score ties the maximum (relative tolerance ``tie_rtol``) count, with their weights.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ class KernelSums:
 
     Attributes
     ----------
-    shift : (n_t,) per-target shift (``-inf`` where every weight is zero).
+    shift : (n_t,) per-target shift, within 600 below the largest log-weighted score
+        (``-inf`` where every weight is zero).
     den : (n_t,) shifted denominators, ``>= 1`` where some weight is positive.
     num : (n_t, m) shifted numerators.
     """
