@@ -2,9 +2,10 @@
 
 The hot loop evaluates ``exp`` with a vectorisable polynomial (Cody–Waite range reduction,
 degree-10 Chebyshev interpolant on ``|r| <= ln2/2``, exponent bits built by integer
-arithmetic) so that LLVM emits SIMD code for the whole tile; numba has no vector math library (SVML) here, and a call
-to libm's scalar ``exp`` would cap the throughput at a few hundred million pairs per second.
-Relative accuracy of the exponential is < 5e-16 on ``[-708, 0]``; arguments below ``-708`` give 0.
+arithmetic) so that LLVM emits SIMD code for the whole tile; numba has no vector math library
+(SVML) here, and a call to libm's scalar ``exp`` would cap the throughput at a few hundred
+million pairs per second. Relative accuracy of the exponential is < 5e-16 on ``[-708, 0]``;
+arguments below ``-708`` give 0 (or e^-708 in the fused loop, see :func:`_fused_tile`).
 """
 
 from __future__ import annotations
