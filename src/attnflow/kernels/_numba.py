@@ -61,30 +61,6 @@ def _prefer_wide_vectors(typingctx):
 
 
 @nb.njit(inline="always", fastmath=_EXP_FLAGS)
-def _exp1(x):
-    neg = x < _XMIN
-    x = max(x, _XMIN)
-    kf = np.floor(x * _LOG2E + 0.5)
-    r = x - kf * _LN2_HI
-    r = r - kf * _LN2_LO
-    # Degree-10 polynomial interpolating e^r at the 11 Chebyshev points of [-ln2/2, ln2/2]
-    # (computed in 50-digit arithmetic; max relative error 3.3e-16 including Horner rounding).
-    p = 2.7626357241447223e-07
-    p = p * r + 2.764018079620985e-06
-    p = p * r + 2.4801504346997686e-05
-    p = p * r + 0.00019841170270440067
-    p = p * r + 0.0013888888932488599
-    p = p * r + 0.008333333385667782
-    p = p * r + 0.04166666666657314
-    p = p * r + 0.16666666666554406
-    p = p * r + 0.5000000000000006
-    p = p * r + 1.0000000000000067
-    p = p * r + 1.0
-    scale = _bits_to_float((np.int64(kf) + 1023) << 52)
-    return 0.0 if neg else p * scale
-
-
-@nb.njit(inline="always", fastmath=_EXP_FLAGS)
 def _exp1_clamped(x):
     """``exp(max(x, -708))``: no zero below -708 (saves the mask in the fused loop)."""
     x = max(x, _XMIN)
@@ -106,6 +82,13 @@ def _exp1_clamped(x):
     p = p * r + 1.0
     scale = _bits_to_float((np.int64(kf) + 1023) << 52)
     return p * scale
+
+
+@nb.njit(inline="always", fastmath=_EXP_FLAGS)
+def _exp1(x):
+    """``exp(x)`` for ``x <= 0``, exactly 0 below -708 (and for -inf)."""
+    e = _exp1_clamped(x)
+    return 0.0 if x < _XMIN else e
 
 
 @nb.njit(fastmath=_EXP_FLAGS, cache=True)
