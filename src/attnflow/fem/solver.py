@@ -52,7 +52,8 @@ class FieldSolution:
     t : (n_saved,) save times.
     mass : (n_saved,) total mass ``int rho``.
     outflow : (n_saved,) mass that has left the domain (boxes; 0 on spheres).
-    energy : (n_saved,) ``log E`` of the density (see ``SelfAttention.log_energy``).
+    energy : (n_saved,) ``log E`` of the density (see ``SelfAttention.log_energy``), over the
+        quadrature cloud (O(n_points^2) per save; NaN when ``solve(..., energy=False)``).
     min_density : (n_saved,) minimum of ``rho`` over the quadrature points.
     points : (n_points, d) quadrature points of all cells (input cell order, the same on any
         number of ranks).
@@ -205,7 +206,8 @@ class MeanFieldSolver:
         else:
             c2f = mesh.topology.connectivity(tdim, tdim - 1)
             facet_measure = self._facet_measures()
-            perim = np.array([facet_measure[c2f.links(c)].sum() for c in range(n_cells)])
+            # Simplices: every cell has tdim + 1 facets.
+            perim = facet_measure[c2f.array.reshape(-1, tdim + 1)[:n_cells]].sum(axis=1)
         ratio = self.comm.allreduce(float(np.min(self._cell_volume / perim)), op=MPI.MIN)
         x = mesh.geometry.x
         R = self.comm.allreduce(float(np.max(np.linalg.norm(x, axis=1))), op=MPI.MAX)
@@ -283,8 +285,13 @@ class MeanFieldSolver:
         t_final: float,
         save_times: Sequence[float] | None = None,
         output_dir: str | Path | None = None,
+        *,
+        energy: bool = True,
     ) -> FieldSolution:
         """Integrate to ``t_final``; record the density at ``save_times`` (default 0, t_final).
+
+        ``energy=False`` skips the O(n_points^2) interaction energy at the save times (large
+        meshes).
 
         With ``output_dir`` the density and velocity time series are written there
         collectively: ``density.xdmf`` + ``.h5`` (the density as DG0 cell data, cell means for
@@ -303,6 +310,7 @@ class MeanFieldSolver:
             or ts_save[-1] > t_final * (1 + 1e-12)
         ):
             raise ValueError("save_times must be increasing and lie in [0, t_final]")
+        self._energy = bool(energy)
         writers = self._open_output(output_dir)
         m0 = self.mass()
         start = time.perf_counter()
@@ -374,7 +382,9 @@ class MeanFieldSolver:
         local_min = float(self.rho.x.array[: self.n_dofs].min()) if self.n_dofs else np.inf
         rec["min"].append(self.comm.allreduce(local_min, op=MPI.MIN))
         pts = self._gather_cloud(self.cloud.points)
-        rec["energy"].append(self.model._log_energy(pts, np.maximum(w, 0.0)))
+        rec["energy"].append(
+            self.model._log_energy(pts, np.maximum(w, 0.0)) if self._energy else np.nan
+        )
         if writers:
             self.velocity(self.rho, self.u)
             for wr in writers:
