@@ -1,28 +1,29 @@
-# # Clustering of tokens on the circle
+# # Clustering of tokens on the circle: the mean-field PDE and the particles, side by side
 #
-# Tokens $x_i \in S^1$ follow the self-attention dynamics (SA, $Q = K = V = I$)
+# Tokens $x \in S^1$ follow self-attention (SA, $Q = K = V = I$, $\beta = 9$). Their density
+# $\rho(t, x)$ solves the continuity equation
 #
-# $$ \dot x_i = P_{x_i}\Big( \frac{\sum_j e^{\beta \langle x_i, x_j\rangle} x_j}
-#                               {\sum_j e^{\beta \langle x_i, x_j\rangle}} \Big),
-#    \qquad P_x = I - x x^\top . $$
+# $$ \partial_t \rho + \operatorname{div}(\rho X[\rho]) = 0, \qquad
+#    X[\rho](x) = P_x \frac{\int e^{\beta\langle x, y\rangle} y\, \rho(y)\,dy}
+#                          {\int e^{\beta\langle x, y\rangle} \rho(y)\,dy}, $$
 #
-# The uniform density is stationary for the mean-field equation, and mode $n$ of a small
-# perturbation grows like $e^{\lambda_n t}$ with
+# which attnflow solves with discontinuous Galerkin finite elements (DG1, positivity limiter,
+# PETSc SSP Runge–Kutta). An ensemble of particle systems ($N$ tokens each, drawn from the same
+# initial law) is the Monte Carlo reference.
 #
-# $$ \lambda_n = \frac{n^2 I_n(\beta)}{\beta I_0(\beta)} , $$
+# The uniform density is stationary; mode $n$ of a perturbation grows like $e^{\lambda_n t}$,
 #
-# ($I_n$ the modified Bessel functions). Starting from i.i.d. uniform tokens, the sampling
-# noise seeds every mode; the fastest one, $n^\star = \arg\max_n \lambda_n \approx \sqrt{2\beta}$,
-# sets the number of clusters that form first. Clusters then merge on much longer
-# (metastable) time scales while the interaction energy
-# $E = \frac{1}{2\beta}\iint e^{\beta\langle x, y\rangle} d\mu\, d\mu$ increases.
+# $$ \lambda_n = \frac{n^2 I_n(\beta)}{\beta I_0(\beta)}, $$
 #
-# This demo runs an ensemble of particle systems (distributed over MPI ranks), counts the
-# clusters over time with one criterion (`attnflow.metrics.circle_clusters`), and compares the
-# first plateau of the count with $n^\star$.
+# fastest at $n^\star \approx \sqrt{2\beta}$: starting from the uniform density perturbed by
+# equal small amounts of the modes $2..6$, about $n^\star$ clusters form first, then merge on much
+# longer (metastable) time scales while the energy
+# $E = \frac{1}{2\beta}\iint e^{\beta\langle x, y\rangle}\,d\rho\,d\rho$ grows. We compare the
+# two solvers with the Wasserstein distance $W_1$ on the circle (mean ± sd over the runs) and
+# count clusters with one criterion for both (`attnflow.metrics.circle_clusters`).
 #
-# Run: `python demos/demo_circle_clustering.py [--small] [--output DIR]`, or under
-# `mpiexec -n 2`.
+# Run: `python demos/demo_circle_clustering.py [--small] [--animate] [--output DIR]`, also
+# under `mpiexec -n 2` (the mesh and the particle runs are distributed).
 
 # +
 from __future__ import annotations
@@ -36,9 +37,10 @@ from mpi4py import MPI
 from scipy.special import ive
 
 import attnflow as af
+from attnflow.fem import MeanFieldSolver, circle_mesh
 
 comm = MPI.COMM_WORLD
-parser = argparse.ArgumentParser(description="Clustering of tokens on S^1 (SA, beta = 9).")
+parser = argparse.ArgumentParser(description="Clustering on S^1: finite elements vs particles.")
 parser.add_argument("--output", type=Path, default=Path(__file__).parent / "output" / "circle")
 parser.add_argument("--small", action="store_true", help="small sizes (CI)")
 parser.add_argument("--beta", type=float, default=9.0)
@@ -48,111 +50,199 @@ logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING)
 log = logging.getLogger("demo_circle_clustering")
 
 beta = args.beta
-n_tokens, n_runs, t_final = (600, 2, 20.0) if args.small else (2000, 4, 40.0)
+if args.small:
+    n_cells, n_tokens, n_runs, t_final = 160, 1000, 2, 16.0
+else:
+    n_cells, n_tokens, n_runs, t_final = 400, 3000, 4, 30.0
 save_times = np.linspace(0.0, t_final, int(t_final) + 1)
+out = args.output
 # -
 
-# ## Linear theory: the most unstable mode
+# ## Linear theory and the initial law
 
 modes = np.arange(1, 40)
 lam = modes**2 * ive(modes, beta) / (beta * ive(0, beta))
 n_star = int(modes[np.argmax(lam)])
+# Equal amplitudes on modes 2..6, well above the particles' sampling noise (~ sqrt(2/N) per
+# mode), so that both solvers follow the same deterministic instability.
+eps = 0.15
+pert_modes = np.arange(2, 7)
+phases = np.random.default_rng(7).uniform(0, 2 * np.pi, pert_modes.size)
+
+
+def rho0(x: np.ndarray) -> np.ndarray:
+    """(1 + eps sum_n cos(n theta + phi_n)) / (2 pi), n = 2..6: a probability density."""
+    th = np.arctan2(x[:, 1], x[:, 0])
+    pert = sum(np.cos(n * th + ph) for n, ph in zip(pert_modes, phases, strict=True))
+    return (1 + eps * pert) / (2 * np.pi)
+
+
+law = af.DensityLaw(rho0, 2, bound=(1 + pert_modes.size * eps) / (2 * np.pi))
+model = af.SelfAttention(2, beta=beta)
+
+# ## The two solvers
+
+solver = MeanFieldSolver(model, circle_mesh(n_cells, comm), rho0, degree=1)
+fem = solver.solve(t_final, save_times, output_dir=out / "fem")
+ens = af.ensemble(
+    model, law, n_tokens, n_runs, t_final, dt=0.1, seed=2026, save_times=save_times, comm=comm
+)
+
+# ## Comparison (rank 0; all ranks hold the gathered data)
+
 if comm.rank == 0:
+    w1 = np.array(
+        [
+            [
+                af.metrics.wasserstein(
+                    fem.points, fem.weights[k], run[k], None, geometry="circle"
+                ).value
+                for k in range(len(save_times))
+            ]
+            for run in ens.x
+        ]
+    )
+    counts_fem = np.array([af.metrics.circle_clusters(fem.points, w) for w in fem.weights])
+    counts_par = np.array([[af.metrics.circle_clusters(x) for x in run] for run in ens.x])
+    energy_par = np.array([[model.log_energy(x) for x in run] for run in ens.x])
+
+    def first_plateau(c: np.ndarray) -> int:
+        """The count once it has held for three consecutive saves after the first split."""
+        for k in range(len(c) - 2):
+            if c[k] > 1 and c[k] == c[k + 1] == c[k + 2]:
+                return int(c[k])
+        return int(c[-1])
+
+    first_fem = first_plateau(counts_fem)
+    first_par = np.array([first_plateau(c) for c in counts_par])
+
+    # ## Sanity checks
+    drift = np.max(np.abs(fem.mass / fem.mass[0] - 1))
+    assert drift < 1e-12, f"finite element mass drift {drift:.1e}"
+    assert fem.min_density.min() >= 0, "negative density"
+    assert np.all(np.diff(fem.energy) >= -1e-10), "finite element energy decreased"
+    assert np.max(np.abs(np.linalg.norm(ens.x, axis=-1) - 1)) < 1e-12, "tokens left the circle"
+    assert abs(first_fem - n_star) <= 1, f"FE formed {first_fem} clusters, n* = {n_star}"
+    assert np.all(np.abs(first_par - n_star) <= 1), f"particles formed {first_par} clusters"
+    # Agreement: at t = 0 the particles differ from the density by sampling, W1 ~ N^-1/2; the
+    # instability amplifies that difference, but the clusters form at the same places.
+    assert w1[:, 0].mean() < 3 / np.sqrt(n_tokens), f"W1 at t=0: {w1[:, 0].mean():.3f}"
+    assert w1.mean(0).max() < 10 / np.sqrt(n_tokens), f"W1 up to {w1.mean(0).max():.3f}"
+    log.info("n* = %d; first clusters: FE %d, particles %s", n_star, first_fem, first_par)
     log.info(
-        "beta = %g: most unstable mode n* = %d (sqrt(2 beta) = %.2f)",
-        beta,
-        n_star,
-        np.sqrt(2 * beta),
+        "W1(FE, particles): t=0 %.4f, t=%g %.4f ± %.4f",
+        w1[:, 0].mean(),
+        t_final,
+        w1[:, -1].mean(),
+        w1[:, -1].std(),
     )
 
-# ## The particle ensemble
-
-model = af.SelfAttention(2, beta=beta)
-sol = af.ensemble(
-    model,
-    af.UniformSphere(2),
-    n_tokens,
-    n_runs,
-    t_final,
-    dt=0.1,
-    seed=2026,
-    save_times=save_times,
-    comm=comm,
-)
-counts = np.array([[af.metrics.circle_clusters(x) for x in run] for run in sol.x])
-energy = np.array([[model.log_energy(x) for x in run] for run in sol.x])
-
-
-# The first plateau: the count once it has stayed the same for three consecutive saves
-# after the uniform cloud has split.
-def first_plateau(c: np.ndarray) -> int:
-    for k in range(len(c) - 2):
-        if c[k] > 1 and c[k] == c[k + 1] == c[k + 2]:
-            return int(c[k])
-    return int(c[-1])
-
-
-first = np.array([first_plateau(c) for c in counts])
-
-# ## Sanity checks
-
-assert np.max(np.abs(np.linalg.norm(sol.x, axis=-1) - 1)) < 1e-12, "tokens left the circle"
-assert np.all(np.diff(energy, axis=1) >= -1e-12), "energy decreased"
-assert abs(first.mean() - n_star) <= 1.5, f"first clusters {first} far from n* = {n_star}"
-assert np.all(counts[:, -1] <= first), "cluster count grew after the first plateau"
-
-# ## Figures (rank 0)
-
-if comm.rank == 0:
+    # ## Figures and ParaView files
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    theta = np.arctan2(sol.x[0, :, :, 1], sol.x[0, :, :, 0])
+    th_fem = np.arctan2(fem.points[:, 1], fem.points[:, 0])
     bins = np.linspace(-np.pi, np.pi, 121)
-    hist = np.stack([np.histogram(th, bins=bins, density=True)[0] for th in theta])
-
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
-    im = ax[0].imshow(
-        hist.T,
-        origin="lower",
-        aspect="auto",
-        cmap="magma",
-        extent=[0, t_final, -np.pi, np.pi],
-        vmax=np.quantile(hist, 0.99),
+    dens_fem = np.stack(
+        [np.histogram(th_fem, bins=bins, weights=w, density=True)[0] for w in fem.weights]
     )
-    ax[0].set(xlabel="t", ylabel=r"angle $\theta$", title=f"token density, run 0 (N={n_tokens})")
-    fig.colorbar(im, ax=ax[0])
-    for c in counts:
-        ax[1].step(sol.t, c, where="post", alpha=0.7)
-    ax[1].axhline(n_star, ls="--", c="k", label=rf"$n^\star = {n_star}$")
-    ax[1].axhline(np.sqrt(2 * beta), ls=":", c="gray", label=r"$\sqrt{2\beta}$")
-    ax[1].set(xlabel="t", ylabel="clusters", title=f"cluster count ({n_runs} runs)")
-    ax[1].legend()
-    ax[2].errorbar(sol.t, energy.mean(0), yerr=energy.std(0), capsize=2)
-    ax[2].set(xlabel="t", ylabel=r"$\log E$", title="interaction energy (mean ± sd)")
-    fig.suptitle(rf"SA on $S^1$, $\beta = {beta:g}$")
+    th_par = np.arctan2(ens.x[0, :, :, 1], ens.x[0, :, :, 0])
+    dens_par = np.stack([np.histogram(t, bins=bins, density=True)[0] for t in th_par])
+    vmax = np.quantile(dens_fem, 0.995)
+    fig, ax = plt.subplots(2, 3, figsize=(16, 8.5))
+    for a, dens, title in (
+        (ax[0, 0], dens_fem, f"finite elements (DG1, {n_cells} cells)"),
+        (ax[0, 1], dens_par, f"particles, run 0 (N = {n_tokens})"),
+    ):
+        im = a.imshow(
+            dens.T,
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmax=vmax,
+            extent=[0, t_final, -np.pi, np.pi],
+        )
+        a.set(xlabel="t", ylabel=r"angle $\theta$", title=title)
+        fig.colorbar(im, ax=a)
+    k_show = min(len(save_times) - 1, int(np.argmax(counts_fem > 1)))  # clusters forming
+    ax[0, 2].plot(0.5 * (bins[1:] + bins[:-1]), dens_fem[k_show], label="finite elements")
+    ax[0, 2].hist(th_par[k_show], bins=bins, density=True, alpha=0.5, label="particles")
+    ax[0, 2].set(xlabel=r"$\theta$", title=f"density at t = {save_times[k_show]:g}")
+    ax[0, 2].legend()
+    ax[1, 0].step(save_times, counts_fem, where="post", lw=2, c="k", label="finite elements")
+    for c in counts_par:
+        ax[1, 0].step(save_times, c, where="post", alpha=0.6)
+    ax[1, 0].axhline(n_star, ls="--", c="gray", label=rf"$n^\star = {n_star}$")
+    ax[1, 0].set(xlabel="t", ylabel="clusters", title="cluster count")
+    ax[1, 0].legend()
+    ax[1, 1].errorbar(save_times, w1.mean(0), yerr=w1.std(0), capsize=2)
+    ax[1, 1].set(
+        xlabel="t",
+        ylabel=r"$W_1$ (radians)",
+        title=rf"$W_1$(FE, particles), mean ± sd of {n_runs} runs",
+    )
+    ax[1, 2].plot(save_times, fem.energy, c="k", label="finite elements")
+    ax[1, 2].errorbar(
+        save_times, energy_par.mean(0), yerr=energy_par.std(0), capsize=2, label="particles"
+    )
+    ax[1, 2].set(xlabel="t", ylabel=r"$\log E$", title="interaction energy")
+    ax[1, 2].legend()
+    fig.suptitle(rf"SA on $S^1$, $\beta = {beta:g}$: mean-field PDE vs particles")
     fig.tight_layout()
-    fig.savefig(out / "circle_clustering.png", dpi=110)
-    np.savez_compressed(out / "particles.npz", t=sol.t, x=sol.x, counts=counts, energy=energy)
+    fig.savefig(out / "circle_clustering.png", dpi=100)
+    np.savez_compressed(
+        out / "comparison.npz",
+        t=save_times,
+        w1=w1,
+        counts_fem=counts_fem,
+        counts_par=counts_par,
+        fem_energy=fem.energy,
+        par_energy=energy_par,
+    )
+    # Particles as a point-cloud time series for ParaView (open particles.pvd).
+    pvd = ['<?xml version="1.0"?>', '<VTKFile type="Collection" version="0.1">', "<Collection>"]
+    (out / "particles").mkdir(exist_ok=True)
+    for k, t in enumerate(save_times):
+        name = f"particles/p_{k:04d}.vtp"
+        pts = np.column_stack([ens.x[0, k], np.zeros(n_tokens)])
+        n = len(pts)
+        conn = " ".join(map(str, range(n)))
+        offs = " ".join(map(str, range(1, n + 1)))
+        xyz = " ".join(f"{v:.9g}" for v in pts.ravel())
+        (out / name).write_text(
+            '<?xml version="1.0"?><VTKFile type="PolyData" version="0.1"><PolyData>'
+            f'<Piece NumberOfPoints="{n}" NumberOfVerts="{n}"><Points>'
+            f'<DataArray type="Float64" NumberOfComponents="3" format="ascii">{xyz}</DataArray>'
+            "</Points><Verts>"
+            f'<DataArray type="Int64" Name="connectivity" format="ascii">{conn}</DataArray>'
+            f'<DataArray type="Int64" Name="offsets" format="ascii">{offs}</DataArray>'
+            "</Verts></Piece></PolyData></VTKFile>"
+        )
+        pvd.append(f'<DataSet timestep="{t:g}" file="{name}"/>')
+    pvd += ["</Collection>", "</VTKFile>"]
+    (out / "particles.pvd").write_text("\n".join(pvd))
 
     if args.animate:
         from matplotlib.animation import FuncAnimation, PillowWriter
 
-        fig2, ax2 = plt.subplots(figsize=(4, 4))
-        pts = ax2.scatter(*sol.x[0, 0].T, s=2)
-        ax2.set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), aspect="equal")
+        fig2, ax2 = plt.subplots(figsize=(5, 4))
+        centres = 0.5 * (bins[1:] + bins[:-1])
+        (line,) = ax2.plot(centres, dens_fem[0], c="k", label="finite elements")
+        bars = ax2.bar(centres, dens_par[0], width=bins[1] - bins[0], alpha=0.4, label="particles")
+        ax2.set(ylim=(0, 1.05 * max(dens_fem.max(), dens_par.max())), xlabel=r"$\theta$")
+        ax2.legend(loc="upper right")
 
         def frame(k):
-            pts.set_offsets(sol.x[0, k])
-            ax2.set_title(f"t = {sol.t[k]:.1f}")
-            return (pts,)
+            line.set_ydata(dens_fem[k])
+            for b, h in zip(bars, dens_par[k], strict=True):
+                b.set_height(h)
+            ax2.set_title(f"t = {save_times[k]:.0f}")
+            return (line, *bars)
 
-        FuncAnimation(fig2, frame, frames=len(sol.t)).save(
-            out / "circle.gif", writer=PillowWriter(fps=8)
+        FuncAnimation(fig2, frame, frames=len(save_times)).save(
+            out / "circle.gif", writer=PillowWriter(fps=6)
         )
-    log.info("first plateau of the cluster count per run: %s (n* = %d)", first.tolist(), n_star)
-    log.info("final counts: %s; wrote %s", counts[:, -1].tolist(), out)
+    log.info("wrote %s", out)

@@ -98,3 +98,14 @@ def test_cluster_count_is_invariant_under_relabelling_and_rotation(rng):
 def test_bad_metric_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_circle_wasserstein_is_robust_to_rounding_of_the_total_mass(rng):
+    # Totals 1 and 1 + 2e-16 used to make POT's circle solver return > the circle's half.
+    x = circle(rng.uniform(0, 2 * np.pi, 3000))
+    y = circle(np.repeat([0.5, 2.0, -2.0], 400) + 1e-3 * rng.standard_normal(1200))
+    wy = rng.random(1200) ** 8
+    for _ in range(5):
+        d = metrics.wasserstein(y, wy, x, None, geometry="circle")
+        assert 0 <= d.value <= np.pi
+        x = x[rng.permutation(3000)]
