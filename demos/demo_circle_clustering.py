@@ -202,28 +202,8 @@ if comm.rank == 0:
         fem_energy=fem.energy,
         par_energy=energy_par,
     )
-    # Particles as a point-cloud time series for ParaView (open particles.pvd).
-    pvd = ['<?xml version="1.0"?>', '<VTKFile type="Collection" version="0.1">', "<Collection>"]
-    (out / "particles").mkdir(exist_ok=True)
-    for k, t in enumerate(save_times):
-        name = f"particles/p_{k:04d}.vtp"
-        pts = np.column_stack([ens.x[0, k], np.zeros(n_tokens)])
-        n = len(pts)
-        conn = " ".join(map(str, range(n)))
-        offs = " ".join(map(str, range(1, n + 1)))
-        xyz = " ".join(f"{v:.9g}" for v in pts.ravel())
-        (out / name).write_text(
-            '<?xml version="1.0"?><VTKFile type="PolyData" version="0.1"><PolyData>'
-            f'<Piece NumberOfPoints="{n}" NumberOfVerts="{n}"><Points>'
-            f'<DataArray type="Float64" NumberOfComponents="3" format="ascii">{xyz}</DataArray>'
-            "</Points><Verts>"
-            f'<DataArray type="Int64" Name="connectivity" format="ascii">{conn}</DataArray>'
-            f'<DataArray type="Int64" Name="offsets" format="ascii">{offs}</DataArray>'
-            "</Verts></Piece></PolyData></VTKFile>"
-        )
-        pvd.append(f'<DataSet timestep="{t:g}" file="{name}"/>')
-    pvd += ["</Collection>", "</VTKFile>"]
-    (out / "particles.pvd").write_text("\n".join(pvd))
+    # Particles (run 0) as a point-cloud time series for ParaView, next to fem/density.xdmf.
+    af.io.write_point_cloud_series(out, save_times, ens.x[0])
 
     if args.animate:
         from matplotlib.animation import FuncAnimation, PillowWriter

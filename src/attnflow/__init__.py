@@ -4,7 +4,7 @@
 finite element solver is imported explicitly (``attnflow.fem``) and needs dolfinx.
 """
 
-from attnflow import geometry, kernels, laws, metrics
+from attnflow import compare, geometry, io, kernels, laws, metrics
 from attnflow.kernels import kernel_sums
 from attnflow.laws import (
     Box,
@@ -35,8 +35,10 @@ __all__ = [
     "Status",
     "UniformSphere",
     "VonMisesFisher",
+    "compare",
     "ensemble",
     "geometry",
+    "io",
     "kernel_sums",
     "kernels",
     "laws",

@@ -27,6 +27,8 @@ __all__ = [
     "circle_histogram",
     "l1_distance",
     "moments",
+    "sphere_clusters",
+    "sphere_histogram",
     "wasserstein",
 ]
 
@@ -176,7 +178,8 @@ def circle_clusters(
     (``empty / bins``); a cluster is a maximal run of occupied arcs (cyclically) holding at
     least ``min_mass``. Particles leave empty arcs at 0; a finite element density between
     clusters decays below the threshold. Invariant under relabelling; a rotation moves arc
-    boundaries, which splits no run.
+    boundaries, which splits no run. Particle clouds need many more tokens than ``bins``
+    (empty arcs from sampling noise would split clusters).
 
     points : (n, 2) points on (or radially projected to) the unit circle; weights : (n,).
     """
@@ -199,3 +202,75 @@ def circle_clusters(
             run = 0.0
     count += run >= min_mass
     return int(count)
+
+
+def _icosphere_cells(level: int):
+    from attnflow.fem.meshes import icosphere  # numpy only (no dolfinx at call time)
+
+    return icosphere(level)
+
+
+def sphere_histogram(points: np.ndarray, weights: np.ndarray | None, level: int) -> np.ndarray:
+    """Deposit a cloud on S^2 onto the cells of ``sphere_mesh(level)`` (generator order).
+
+    A point belongs to the triangle whose cone from the origin contains it (the radial
+    projection of the faceted mesh), so a finite element quadrature cloud and its own cells
+    agree exactly. Returns the ``(20 * 4**level,)`` cell masses of the normalised measure.
+    """
+    from scipy.spatial import cKDTree
+
+    x, w = _normalised(points, weights)
+    if x.shape[1] != 3:
+        raise ValueError(f"points must have shape (n, 3), got {x.shape}")
+    v, f = _icosphere_cells(level)
+    tri = v[f]  # (n_cells, 3 vertices, 3)
+    inv = np.linalg.inv(np.transpose(tri, (0, 2, 1)))  # columns = vertices
+    centroids = tri.mean(axis=1)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    _, cand = cKDTree(centroids).query(x / np.linalg.norm(x, axis=1, keepdims=True), k=6)
+    cell = cand[:, 0].copy()
+    found = np.zeros(x.shape[0], dtype=bool)
+    for j in range(cand.shape[1]):
+        c = cand[:, j]
+        lam = np.einsum("nij,nj->ni", inv[c], x)
+        inside = ~found & np.all(lam >= -1e-12, axis=1)
+        cell[inside] = c[inside]
+        found |= inside
+    return np.bincount(cell, weights=w, minlength=f.shape[0])
+
+
+def sphere_clusters(
+    points: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    level: int = 3,
+    empty: float = 0.01,
+    min_mass: float = 0.01,
+) -> int:
+    """Number of clusters on S^2 with the criterion of :func:`circle_clusters`.
+
+    The measure is deposited on the cells of ``sphere_mesh(level)``; a cell is occupied when it
+    holds at least ``empty`` times the uniform cell mass; clusters are the connected
+    components (cells sharing an edge) of occupied cells holding at least ``min_mass``.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    h = sphere_histogram(points, weights, level)
+    _, f = _icosphere_cells(level)
+    n = f.shape[0]
+    occ = np.flatnonzero(h >= empty / n)
+    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    owner = np.tile(np.arange(n), 3)
+    _, inv = np.unique(edges, axis=0, return_inverse=True)
+    pairs = np.full((inv.max() + 1, 2), -1)
+    first = np.zeros(inv.max() + 1, dtype=bool)
+    for e, c in zip(inv.ravel(), owner, strict=True):
+        pairs[e, int(first[e])] = c
+        first[e] = True
+    keep = np.isin(pairs[:, 0], occ) & np.isin(pairs[:, 1], occ)
+    a, b = pairs[keep, 0], pairs[keep, 1]
+    graph = coo_matrix((np.ones(a.size), (a, b)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    masses = np.bincount(labels[occ], weights=h[occ])
+    return int(np.sum(masses >= min_mass))

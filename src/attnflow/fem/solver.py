@@ -75,6 +75,13 @@ class FieldSolution:
     dt: float
     n_steps: int
     wall_time: float = field(default=0.0)
+    points_per_cell: int = 1
+
+    def cell_masses(self, k: int = -1) -> np.ndarray:
+        """(n_cells,) mass of every cell at save ``k``, in the mesh's input cell order (for
+        ``circle_mesh``/``sphere_mesh`` the order of the generator, as in the histograms of
+        :mod:`attnflow.metrics`)."""
+        return self.weights[k].reshape(-1, self.points_per_cell).sum(axis=1)
 
 
 class MeanFieldSolver:
@@ -372,6 +379,7 @@ class MeanFieldSolver:
             dt=self.dt,
             n_steps=n_steps,
             wall_time=wall,
+            points_per_cell=self.cloud.n_q,
         )
 
     def _record(self, rec, t, writers) -> None:
