@@ -13,7 +13,7 @@ import pytest
 from mpi4py import MPI
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demos"
-DEMOS = ["demo_circle_clustering.py"]
+DEMOS = ["demo_circle_clustering.py", "demo_convergence.py"]
 
 
 def test_no_missing_demos():

@@ -109,3 +109,10 @@ def test_circle_wasserstein_is_robust_to_rounding_of_the_total_mass(rng):
         d = metrics.wasserstein(y, wy, x, None, geometry="circle")
         assert 0 <= d.value <= np.pi
         x = x[rng.permutation(3000)]
+
+
+def test_fit_slope_recovers_a_power_law():
+    from attnflow.studies import fit_slope
+
+    n = np.array([10.0, 100.0, 1000.0])
+    assert fit_slope(n, 3.0 * n**-0.5) == pytest.approx(-0.5, abs=1e-12)
