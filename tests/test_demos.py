@@ -13,7 +13,11 @@ import pytest
 from mpi4py import MPI
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demos"
-DEMOS = ["demo_circle_clustering.py", "demo_convergence.py"]
+DEMOS = [
+    "demo_circle_clustering.py",
+    "demo_convergence.py",
+    "demo_gaussian_euclidean.py",
+]
 
 
 def test_no_missing_demos():
