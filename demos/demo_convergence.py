@@ -45,7 +45,10 @@ else:
 
 
 def solve_fem(cells: int):
-    sol = MeanFieldSolver(model, circle_mesh(cells, comm), law, degree=1).solve(t)
+    out = args.output / "fem" if cells == fine else None  # ParaView files of the finest run
+    sol = MeanFieldSolver(model, circle_mesh(cells, comm), law, degree=1).solve(
+        t, [0.0, t], output_dir=out
+    )
     assert abs(sol.mass[-1] / sol.mass[0] - 1) < 1e-12 and sol.min_density.min() >= 0
     return 2 * np.sin(np.pi / cells), sol.points, sol.weights[-1]
 

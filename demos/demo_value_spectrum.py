@@ -59,8 +59,9 @@ for name, V in values.items():
     long_runs[name] = af.simulate(
         model, x0, t_long, dt=0.02, save_times=[0.0, t_fem, t_long], comm=comm
     )
+    tag = "identity" if name == "V = I" else "diagonal"
     fem_runs[name] = MeanFieldSolver(model, box_mesh(2, 6.0, cells, comm), law, degree=1).solve(
-        t_fem, energy=False
+        t_fem, energy=False, output_dir=args.output / f"fem_{tag}"
     )
 # -
 
@@ -116,4 +117,8 @@ if comm.rank == 0:
     )
     fig.tight_layout()
     fig.savefig(out / "value_spectrum.png", dpi=100)
+    for name, tag in (("V = I", "identity"), ("V = diag(1, 1/2)", "diagonal")):
+        af.io.write_point_cloud_series(
+            out, long_runs[name].t, long_runs[name].x, name=f"particles_{tag}"
+        )
     log.info("wrote %s", out)

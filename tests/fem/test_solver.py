@@ -277,3 +277,18 @@ def test_every_save_interval_uses_the_cfl_step():
     sol = solver.solve(2.0, ts)
     expected = sum(int(np.ceil((b - a) / solver.dt - 1e-9)) for a, b in itertools.pairwise(ts))
     assert sol.n_steps == expected
+
+
+def test_deposit_of_a_fem_cloud_on_its_box_mesh_is_its_cell_masses():
+    from attnflow.fem import deposit
+
+    comm = MPI.COMM_WORLD
+    model, mesh, law = CASES["box"](comm)
+    sol = MeanFieldSolver(model, mesh, law).solve(0.2)
+    masses, outside = deposit(mesh, sol.points, sol.weights[-1])
+    m = sol.cell_masses()
+    np.testing.assert_allclose(masses, m / m.sum(), atol=1e-14)
+    assert outside == 0.0
+    far = np.array([[10.0, 0.0], [0.1, 0.1]])
+    masses, outside = deposit(mesh, far)
+    assert outside == 0.5 and masses.sum() == pytest.approx(0.5)

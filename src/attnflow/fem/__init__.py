@@ -8,6 +8,7 @@ from attnflow.fem.attention import (
     RecomputedKernel,
     SparseKernel,
 )
+from attnflow.fem.deposit import deposit
 from attnflow.fem.meshes import box_mesh, circle_mesh, icosphere, sphere_mesh
 from attnflow.fem.solver import FieldSolution, MeanFieldSolver
 
@@ -20,6 +21,7 @@ __all__ = [
     "SparseKernel",
     "box_mesh",
     "circle_mesh",
+    "deposit",
     "icosphere",
     "sphere_mesh",
 ]
