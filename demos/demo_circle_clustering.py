@@ -91,20 +91,17 @@ ens = af.ensemble(
 # ## Comparison (rank 0; all ranks hold the gathered data)
 
 if comm.rank == 0:
-    w1 = np.array(
-        [
-            [
-                af.metrics.wasserstein(
-                    fem.points, fem.weights[k], run[k], None, geometry="circle"
-                ).value
-                for k in range(len(save_times))
-            ]
-            for run in ens.x
-        ]
+    cmp = af.compare.compare(
+        fem,
+        ens,
+        model,
+        geometry="circle",
+        histogram=lambda x, w: af.metrics.circle_histogram(x, w, n_cells),
+        clusters=af.metrics.circle_clusters,
     )
-    counts_fem = np.array([af.metrics.circle_clusters(fem.points, w) for w in fem.weights])
-    counts_par = np.array([[af.metrics.circle_clusters(x) for x in run] for run in ens.x])
-    energy_par = np.array([[model.log_energy(x) for x in run] for run in ens.x])
+    w1, counts_fem, counts_par = cmp.w1, cmp.clusters_fem, cmp.clusters_particles
+    energy_par = cmp.energy_particles
+    l1_mean, l1_sd = cmp.mean_sd(cmp.l1)
 
     def first_plateau(c: np.ndarray) -> int:
         """The count once it has held for three consecutive saves after the first split."""
@@ -135,6 +132,13 @@ if comm.rank == 0:
         t_final,
         w1[:, -1].mean(),
         w1[:, -1].std(),
+    )
+    log.info(
+        "L1(FE cell masses, particle histogram on the mesh): t=0 %.3f ± %.3f, t=%g %.3f",
+        l1_mean[0],
+        l1_sd[0],
+        t_final,
+        l1_mean[-1],
     )
 
     # ## Figures and ParaView files
