@@ -292,3 +292,35 @@ def test_deposit_of_a_fem_cloud_on_its_box_mesh_is_its_cell_masses():
     far = np.array([[10.0, 0.0], [0.1, 0.1]])
     masses, outside = deposit(mesh, far)
     assert outside == 0.5 and masses.sum() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("beta", [1000.0, 1e4])
+def test_ball_query_candidates_give_the_all_pairs_sparse_matrix(beta):
+    from attnflow.kernels import kernel_matrix_sparse
+
+    solver = MeanFieldSolver(
+        af.SelfAttention(3, beta=beta),
+        sphere_mesh(3, MPI.COMM_SELF),
+        af.VonMisesFisher([0.0, 0.0, 1.0], 1.0),
+        kernel=SparseKernel(1e-12),
+    )
+    vel = solver.velocity
+    low = MeanFieldSolver(
+        af.SelfAttention(3, beta=10.0),
+        sphere_mesh(3, MPI.COMM_SELF),
+        af.UniformSphere(3),
+        kernel=SparseKernel(1e-12),
+    )
+    assert low.velocity._candidates(1e-12) is None  # wide kernel: all pairs
+    cand = vel._candidates(1e-12)
+    assert cand is not None and cand[1].size < vel.src_dofs.size * vel.n_nodes / 3
+    starts = np.arange(vel.src_dofs.size + 1) * vel.n_q
+    full = kernel_matrix_sparse(vel.a, vel.b, vel.v, vel.src_w, starts, 1e-12)
+    fast = kernel_matrix_sparse(vel.a, vel.b, vel.v, vel.src_w, starts, 1e-12, candidates=cand)
+    np.testing.assert_array_equal(full[1], fast[1])  # same nonzeros per row
+    for i in range(vel.n_nodes):  # same columns (candidates come sorted per row)
+        lo, hi = full[1][i], full[1][i + 1]
+        order = np.argsort(full[2][lo:hi])
+        np.testing.assert_array_equal(full[2][lo:hi][order], np.sort(fast[2][lo:hi]))
+    np.testing.assert_allclose(fast[0], full[0], rtol=1e-15)
+    np.testing.assert_allclose(np.sort(fast[3].sum(1)), np.sort(full[3].sum(1)), rtol=1e-12)

@@ -136,7 +136,7 @@ class AttentionVelocity:
         n_groups = self.src_dofs.size
         starts = np.arange(n_groups + 1, dtype=np.int64) * self.n_q
         shift, indptr, groups, values = kernel_matrix_sparse(
-            self.a, self.b, self.v, self.src_w, starts, tol
+            self.a, self.b, self.v, self.src_w, starts, tol, candidates=self._candidates(tol)
         )
         self.shift = shift
         m = self.gdim + 1
@@ -170,6 +170,50 @@ class AttentionVelocity:
         A.assemble()
         self.A = A
         self._y = A.createVecLeft()
+
+    def _candidates(self, tol: float):
+        """Candidate cells per target from a ball query, when the scores are a multiple of
+        ``<x, y>`` on the sphere (Q and K multiples of I); ``None`` (all pairs) otherwise.
+
+        The kept sources satisfy ``x.y_j >= x.y_nn - slack`` with ``y_nn`` the source nearest
+        in direction and ``slack = (log(1/tol) + spread of log w) / (beta' r_min) + 2(1 - r_min)
+        / r_min`` (``beta' = beta q_Q q_K``, ``r_min`` the smallest ``|y|``: quadrature points
+        lie inside the sphere); in chord length that is a ball of radius
+        ``sqrt(d_nn^2 + 2 slack)`` around ``x``. It also contains the best source.
+        """
+        from scipy.spatial import cKDTree
+
+        model = self.model
+        d = self.gdim
+        qq, kk = model.Q[0, 0], model.K[0, 0]
+        if not (
+            model.sphere
+            and np.allclose(model.Q, qq * np.eye(d), rtol=0, atol=0)
+            and np.allclose(model.K, kk * np.eye(d), rtol=0, atol=0)
+            and qq * kk > 0
+            and np.isfinite(model.beta)
+        ):
+            return None
+        beta_eff = model.beta * qq * kk
+        r = np.linalg.norm(self.src_pts, axis=1)
+        r_min = float(r.min())
+        lw = np.log(self.src_w[self.src_w > 0])
+        slack = (np.log(1 / tol) + (lw.max() - lw.min())) / (beta_eff * r_min)
+        slack += 2 * (1 - r_min) / r_min
+        if slack >= 0.1:  # the balls would hold > ~5% of the sphere: all pairs is faster
+            return None
+        dirs = self.src_pts / r[:, None]
+        tree = cKDTree(dirs)
+        x = self.targets / np.linalg.norm(self.targets, axis=1, keepdims=True)
+        d_nn, _ = tree.query(x)
+        radius = np.sqrt(d_nn**2 + 2 * slack) * (1 + 1e-12) + 1e-15
+        lists = tree.query_ball_point(x, radius)
+        group = np.arange(self.src_pts.shape[0]) // self.n_q
+        cand = [np.unique(group[np.asarray(li, dtype=np.int64)]) for li in lists]
+        ptr = np.zeros(len(cand) + 1, dtype=np.int64)
+        ptr[1:] = np.cumsum([c.size for c in cand])
+        flat = np.concatenate(cand) if cand else np.zeros(0, dtype=np.int64)
+        return ptr, flat
 
     @property
     def matrix_entries(self) -> int:

@@ -141,6 +141,7 @@ def kernel_matrix_sparse(
     weights: np.ndarray,
     starts: np.ndarray,
     tol: float,
+    candidates: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`kernel_matrix` truncated to CSR: groups whose every term is below ``tol`` times
     the row's largest term are dropped.
@@ -148,9 +149,26 @@ def kernel_matrix_sparse(
     Returns ``shift`` (n_t,), ``indptr`` (n_t + 1,), ``groups`` (nnz,) and ``values``
     (nnz, m + 1). With ``beta <Q x, K y>`` and Q = K = I on the sphere the kept cells lie
     within the angle ``arccos(1 - log(1/tol) / beta)`` of the best-aligned source.
+
+    ``candidates = (ptr, groups)`` (CSR, per target) restricts the search to those groups;
+    they must include every group that can be kept and the group of the best source (e.g.
+    from a ball query, see :func:`attnflow.fem.attention`): the cost is then proportional to
+    the candidates, not to all pairs.
     """
     with np.errstate(divide="ignore"):
         logw = np.log(_c(weights))
+    if candidates is not None:
+        ptr, cand = candidates
+        return _numba.softmax_matrix_candidates(
+            _c(a),
+            _c(np.asarray(b).T),
+            _c(np.asarray(values).T),
+            logw,
+            np.ascontiguousarray(starts, dtype=np.int64),
+            float(np.log(tol)),
+            np.ascontiguousarray(ptr, dtype=np.int64),
+            np.ascontiguousarray(cand, dtype=np.int64),
+        )
     return _numba.softmax_matrix_sparse(
         _c(a),
         _c(np.asarray(b).T),

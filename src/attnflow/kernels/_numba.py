@@ -544,3 +544,69 @@ def softmax_matrix_sparse(a, bT, vT, logw, starts, log_tol):
                         values[pos, 1 + k] += e * vT[k, j]
                 pos += 1
     return shift, indptr, groups, values
+
+
+@nb.njit(parallel=True, fastmath=_SUM_FLAGS, cache=True)
+def softmax_matrix_candidates(a, bT, vT, logw, starts, log_tol, cand_ptr, cand):
+    """:func:`softmax_matrix_sparse` restricted to candidate groups per target.
+
+    ``cand[cand_ptr[i]:cand_ptr[i+1]]`` must contain every group that can hold a kept source
+    *and* the group of the row's best source; the result is then the same as the all-pairs
+    version, at a cost proportional to the candidates instead of all sources.
+    """
+    n_t = a.shape[0]
+    m = vT.shape[0]
+    p = a.shape[1]
+    shift = np.empty(n_t)
+    counts = np.zeros(n_t, dtype=np.int64)
+    for i in nb.prange(n_t):
+        best = -np.inf
+        for c in range(cand_ptr[i], cand_ptr[i + 1]):
+            g = cand[c]
+            for j in range(starts[g], starts[g + 1]):
+                s = logw[j]
+                for k in range(p):
+                    s += a[i, k] * bT[k, j]
+                best = max(best, s)
+        shift[i] = best
+        cnt = 0
+        for c in range(cand_ptr[i], cand_ptr[i + 1]):
+            g = cand[c]
+            for j in range(starts[g], starts[g + 1]):
+                s = logw[j]
+                for k in range(p):
+                    s += a[i, k] * bT[k, j]
+                if s - best >= log_tol:
+                    cnt += 1
+                    break
+        counts[i] = cnt
+    indptr = np.zeros(n_t + 1, dtype=np.int64)
+    for i in range(n_t):
+        indptr[i + 1] = indptr[i] + counts[i]
+    groups = np.empty(indptr[n_t], dtype=np.int64)
+    values = np.zeros((indptr[n_t], m + 1))
+    for i in nb.prange(n_t):
+        best = shift[i]
+        pos = indptr[i]
+        for c in range(cand_ptr[i], cand_ptr[i + 1]):
+            g = cand[c]
+            keep = False
+            for j in range(starts[g], starts[g + 1]):
+                s = logw[j]
+                for k in range(p):
+                    s += a[i, k] * bT[k, j]
+                if s - best >= log_tol:
+                    keep = True
+                    break
+            if keep:
+                groups[pos] = g
+                for j in range(starts[g], starts[g + 1]):
+                    s = logw[j]
+                    for k in range(p):
+                        s += a[i, k] * bT[k, j]
+                    e = _exp1(s - best)
+                    values[pos, 0] += e
+                    for k in range(m):
+                        values[pos, 1 + k] += e * vT[k, j]
+                pos += 1
+    return shift, indptr, groups, values
