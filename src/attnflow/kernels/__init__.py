@@ -157,18 +157,7 @@ def kernel_matrix_sparse(
     """
     with np.errstate(divide="ignore"):
         logw = np.log(_c(weights))
-    if candidates is not None:
-        ptr, cand = candidates
-        return _numba.softmax_matrix_candidates(
-            _c(a),
-            _c(np.asarray(b).T),
-            _c(np.asarray(values).T),
-            logw,
-            np.ascontiguousarray(starts, dtype=np.int64),
-            float(np.log(tol)),
-            np.ascontiguousarray(ptr, dtype=np.int64),
-            np.ascontiguousarray(cand, dtype=np.int64),
-        )
+    ptr, cand = candidates if candidates is not None else (np.zeros(0), np.zeros(0))
     return _numba.softmax_matrix_sparse(
         _c(a),
         _c(np.asarray(b).T),
@@ -176,4 +165,6 @@ def kernel_matrix_sparse(
         logw,
         np.ascontiguousarray(starts, dtype=np.int64),
         float(np.log(tol)),
+        np.ascontiguousarray(ptr, dtype=np.int64),
+        np.ascontiguousarray(cand, dtype=np.int64),
     )

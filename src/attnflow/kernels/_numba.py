@@ -481,104 +481,68 @@ def softmax_matrix(a, bT, vT, logw, starts):
     return shift, mat
 
 
+@nb.njit(inline="always")
+def _n_candidates(i, n_g, cand_ptr):
+    return n_g if cand_ptr.shape[0] == 0 else cand_ptr[i + 1] - cand_ptr[i]
+
+
+@nb.njit(inline="always")
+def _candidate(i, c, cand_ptr, cand):
+    return c if cand_ptr.shape[0] == 0 else cand[cand_ptr[i] + c]
+
+
 @nb.njit(inline="always", fastmath=_SUM_FLAGS)
-def _row_scores(a, i, bT, logw, s):
-    n_s = bT.shape[1]
+def _candidate_scores(a, i, bT, logw, starts, cand_ptr, cand, s):
+    """Scores of the candidate sources of target ``i`` into ``s`` (candidate order); max."""
+    n_g = starts.shape[0] - 1
     best = -np.inf
-    for j in range(n_s):
-        acc = logw[j]
-        for k in range(a.shape[1]):
-            acc += a[i, k] * bT[k, j]
-        s[j] = acc
-        best = max(best, acc)
+    pos = 0
+    for c in range(_n_candidates(i, n_g, cand_ptr)):
+        g = _candidate(i, c, cand_ptr, cand)
+        for j in range(starts[g], starts[g + 1]):
+            acc = logw[j]
+            for k in range(a.shape[1]):
+                acc += a[i, k] * bT[k, j]
+            s[pos] = acc
+            best = max(best, acc)
+            pos += 1
     return best
 
 
 @nb.njit(parallel=True, fastmath=_SUM_FLAGS, cache=True)
-def softmax_matrix_sparse(a, bT, vT, logw, starts, log_tol):
+def softmax_matrix_sparse(a, bT, vT, logw, starts, log_tol, cand_ptr, cand):
     """Truncated :func:`softmax_matrix` in CSR form.
 
     A group (cell) is kept in row ``i`` when one of its sources has
     ``a_i . b_j + logw_j - shift_i >= log_tol``; dropped entries are each below ``e^{log_tol}``
-    times the row's largest term. Returns ``shift`` (n_t,), ``indptr`` (n_t + 1,),
-    ``groups`` (nnz,) and ``values`` (nnz, m + 1).
+    times the row's largest term. Only the groups ``cand[cand_ptr[i]:cand_ptr[i+1]]`` are
+    visited for target ``i`` (all groups when ``cand_ptr`` is empty); they must contain every
+    group that can be kept and the group of the row's best source, and the result is then the
+    same as visiting all groups, at a cost proportional to the candidates. Returns ``shift``
+    (n_t,), ``indptr`` (n_t + 1,), ``groups`` (nnz,) and ``values`` (nnz, m + 1).
     """
     n_t = a.shape[0]
     m = vT.shape[0]
-    n_s = bT.shape[1]
     n_g = starts.shape[0] - 1
+    max_group = 0
+    for g in range(n_g):
+        max_group = max(max_group, starts[g + 1] - starts[g])
     shift = np.empty(n_t)
     counts = np.zeros(n_t, dtype=np.int64)
     for i in nb.prange(n_t):
-        s = np.empty(n_s)
-        best = _row_scores(a, i, bT, logw, s)
-        shift[i] = best
-        c = 0
-        for g in range(n_g):
-            for j in range(starts[g], starts[g + 1]):
-                if s[j] - best >= log_tol:
-                    c += 1
-                    break
-        counts[i] = c
-    indptr = np.zeros(n_t + 1, dtype=np.int64)
-    for i in range(n_t):
-        indptr[i + 1] = indptr[i] + counts[i]
-    groups = np.empty(indptr[n_t], dtype=np.int64)
-    values = np.zeros((indptr[n_t], m + 1))
-    for i in nb.prange(n_t):
-        s = np.empty(n_s)
-        best = _row_scores(a, i, bT, logw, s)
-        pos = indptr[i]
-        for g in range(n_g):
-            keep = False
-            for j in range(starts[g], starts[g + 1]):
-                if s[j] - best >= log_tol:
-                    keep = True
-                    break
-            if keep:
-                groups[pos] = g
-                for j in range(starts[g], starts[g + 1]):
-                    e = _exp1(s[j] - best)
-                    values[pos, 0] += e
-                    for k in range(m):
-                        values[pos, 1 + k] += e * vT[k, j]
-                pos += 1
-    return shift, indptr, groups, values
-
-
-@nb.njit(parallel=True, fastmath=_SUM_FLAGS, cache=True)
-def softmax_matrix_candidates(a, bT, vT, logw, starts, log_tol, cand_ptr, cand):
-    """:func:`softmax_matrix_sparse` restricted to candidate groups per target.
-
-    ``cand[cand_ptr[i]:cand_ptr[i+1]]`` must contain every group that can hold a kept source
-    *and* the group of the row's best source; the result is then the same as the all-pairs
-    version, at a cost proportional to the candidates instead of all sources.
-    """
-    n_t = a.shape[0]
-    m = vT.shape[0]
-    p = a.shape[1]
-    shift = np.empty(n_t)
-    counts = np.zeros(n_t, dtype=np.int64)
-    for i in nb.prange(n_t):
-        best = -np.inf
-        for c in range(cand_ptr[i], cand_ptr[i + 1]):
-            g = cand[c]
-            for j in range(starts[g], starts[g + 1]):
-                s = logw[j]
-                for k in range(p):
-                    s += a[i, k] * bT[k, j]
-                best = max(best, s)
+        s = np.empty(_n_candidates(i, n_g, cand_ptr) * max_group)
+        best = _candidate_scores(a, i, bT, logw, starts, cand_ptr, cand, s)
         shift[i] = best
         cnt = 0
-        for c in range(cand_ptr[i], cand_ptr[i + 1]):
-            g = cand[c]
-            for j in range(starts[g], starts[g + 1]):
-                s = logw[j]
-                for k in range(p):
-                    s += a[i, k] * bT[k, j]
-                if s - best >= log_tol:
+        pos = 0
+        for c in range(_n_candidates(i, n_g, cand_ptr)):
+            g = _candidate(i, c, cand_ptr, cand)
+            n = starts[g + 1] - starts[g]
+            for j in range(n):
+                if s[pos + j] - best >= log_tol:
                     cnt += 1
                     break
+            pos += n
         counts[i] = cnt
     indptr = np.zeros(n_t + 1, dtype=np.int64)
     for i in range(n_t):
@@ -586,27 +550,25 @@ def softmax_matrix_candidates(a, bT, vT, logw, starts, log_tol, cand_ptr, cand):
     groups = np.empty(indptr[n_t], dtype=np.int64)
     values = np.zeros((indptr[n_t], m + 1))
     for i in nb.prange(n_t):
-        best = shift[i]
-        pos = indptr[i]
-        for c in range(cand_ptr[i], cand_ptr[i + 1]):
-            g = cand[c]
+        s = np.empty(_n_candidates(i, n_g, cand_ptr) * max_group)
+        best = _candidate_scores(a, i, bT, logw, starts, cand_ptr, cand, s)
+        out = indptr[i]
+        pos = 0
+        for c in range(_n_candidates(i, n_g, cand_ptr)):
+            g = _candidate(i, c, cand_ptr, cand)
+            n = starts[g + 1] - starts[g]
             keep = False
-            for j in range(starts[g], starts[g + 1]):
-                s = logw[j]
-                for k in range(p):
-                    s += a[i, k] * bT[k, j]
-                if s - best >= log_tol:
+            for j in range(n):
+                if s[pos + j] - best >= log_tol:
                     keep = True
                     break
             if keep:
-                groups[pos] = g
-                for j in range(starts[g], starts[g + 1]):
-                    s = logw[j]
-                    for k in range(p):
-                        s += a[i, k] * bT[k, j]
-                    e = _exp1(s - best)
-                    values[pos, 0] += e
+                groups[out] = g
+                for j in range(n):
+                    e = _exp1(s[pos + j] - best)
+                    values[out, 0] += e
                     for k in range(m):
-                        values[pos, 1 + k] += e * vT[k, j]
-                pos += 1
+                        values[out, 1 + k] += e * vT[k, starts[g] + j]
+                out += 1
+            pos += n
     return shift, indptr, groups, values
