@@ -3,9 +3,14 @@
 Tokens ``x_i`` move with the velocity field of the token measure ``mu = sum_j w_j delta_{x_j}``
 (DESIGN.md §1):
 
-    X[mu](x) = P_x ( sum_j w_j e^{beta <Q x, K y_j>} V y_j / Z(x) ),
+    X[mu](x) = P_x ( sum_j w_j e^{beta <Q x, K y_j>} V (y_j - c x) / Z(x) ),
     Z(x)     = sum_j w_j e^{beta <Q x, K y_j>}                      (SA, ``normalized=True``)
     Z(x)     = 1                  (or e^{beta} with ``rescale_usa``) (USA, ``normalized=False``)
+
+with ``c = 0`` (the plain form of DESIGN.md §1) or ``c = 1`` (``centered=True``: the residual
+form ``V (y - x)`` of hardmax-transformer analyses, where tokens are drawn towards their
+attention-weighted mean and the zero-temperature flow converges to a projection of the initial
+measure; on the sphere with ``V = I`` both forms coincide, since ``P_x x = 0``).
 
 ``P_x = I - x x^T`` on the sphere (``sphere=True``), ``P_x = I`` in R^d. ``beta = math.inf`` is
 hardmax (SA only): the weight sits on the argmax of ``<Q x, K y>``, ties split in proportion to
@@ -43,6 +48,7 @@ class SelfAttention:
     rescale_usa : USA only: multiply the field by ``e^{-beta}``, i.e. run USA in the time
         ``e^{beta} t``. For ``Q = K = I`` on the sphere the kernel is then at most 1, so the
         field stays O(1) at any ``beta`` (without it, it grows like ``e^{beta}``).
+    centered : use ``V (y - x)`` instead of ``V y`` in the attention average (see above).
 
     The instance is immutable; matrices are stored as read-only float64 arrays.
     """
@@ -55,6 +61,7 @@ class SelfAttention:
     normalized: bool = True
     sphere: bool = True
     rescale_usa: bool = False
+    centered: bool = False
     geometry: Geometry = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +86,7 @@ class SelfAttention:
             set_(self, name, check_matrix(name, eye if m is None else m, int(d)))
         set_(self, "normalized", bool(self.normalized))
         set_(self, "sphere", bool(self.sphere))
+        set_(self, "centered", bool(self.centered))
         set_(self, "geometry", sphere() if self.sphere else euclidean())
 
     # -- helpers -------------------------------------------------------------------------------
@@ -127,16 +135,38 @@ class SelfAttention:
     def _velocity(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
         b, v = self._sources(y)
         s = kernel_sums(self._scores_in(x), b, v, w, hardmax=self.hardmax)
+        return self._field(x, s.shift, s.den, s.num)
+
+    def _field(
+        self,
+        x: np.ndarray,
+        shift: np.ndarray,
+        den: np.ndarray,
+        num: np.ndarray,
+        tiny: float = 0.0,
+    ) -> np.ndarray:
+        """The velocity at the targets ``x`` (n, d) from the kernel sums (shift (n,), den (n,),
+        num (n, d)); the one place the sums become a field, for particles and finite elements.
+
+        SA targets with ``den <= tiny`` (an underflowed kernel) get the velocity 0.
+        """
         if self.normalized:
-            f = s.num / s.den[:, None]
+            ok = den > tiny
+            f = np.zeros_like(num)
+            f[ok] = num[ok] / den[ok, None]
+            if self.centered:
+                f[ok] -= np.einsum("ij,kj->ik", x[ok], self.V)
         else:
-            log_scale = s.shift - (self.beta if self.rescale_usa else 0.0)
-            if np.any(log_scale > _LOG_MAX):
+            log_scale = shift - (self.beta if self.rescale_usa else 0.0)
+            if np.any(log_scale[den > 0] > _LOG_MAX):
                 raise FloatingPointError(
                     f"USA velocity overflows float64 at beta={self.beta:g} (kernel up to "
-                    f"e^{log_scale.max():.0f}); use rescale_usa=True or a smaller beta"
+                    f"e^{log_scale[den > 0].max():.0f}); use rescale_usa=True or a smaller beta"
                 )
-            f = np.exp(log_scale)[:, None] * s.num
+            f = num
+            if self.centered:
+                f = num - den[:, None] * np.einsum("ij,kj->ik", x, self.V)
+            f = np.exp(np.minimum(log_scale, _LOG_MAX))[:, None] * f
         return self.geometry.project(x, f)
 
     # -- the interaction energy ----------------------------------------------------------------

@@ -245,19 +245,6 @@ class AttentionVelocity:
     def __call__(self, rho: dolfinx.fem.Function, u: dolfinx.fem.Function) -> None:
         """Set ``u`` (owned and ghost nodes) to the velocity of ``rho``."""
         shift, den, num = self.sums(rho)
-        model = self.model
-        if model.normalized:
-            ok = den > TINY_DENOMINATOR
-            f = np.zeros_like(num)
-            f[ok] = num[ok] / den[ok, None]
-        else:
-            log_scale = shift - (model.beta if model.rescale_usa else 0.0)
-            if np.any(log_scale[den > 0] > 709.0):
-                raise FloatingPointError(
-                    f"USA velocity overflows float64 at beta={model.beta:g}; "
-                    "use rescale_usa=True or a smaller beta"
-                )
-            f = np.exp(np.minimum(log_scale, 709.0))[:, None] * num
-        f = model.geometry.project(self.targets, f) if model.sphere else f
+        f = self.model._field(self.targets, shift, den, num, tiny=TINY_DENOMINATOR)
         u.x.array[: self.n_nodes * self.gdim] = f.reshape(-1)
         u.x.scatter_forward()
