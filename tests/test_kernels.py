@@ -99,3 +99,28 @@ def test_hardmax_ties_split_by_weight():
     s = kernel_sums(a, b, v, w, hardmax=True)
     np.testing.assert_allclose(s.num / s.den[:, None], [[0.0, 0.0]], atol=1e-15)
     assert s.shift[0] == 0.5 and s.den[0] == 0.5
+
+
+@pytest.mark.parametrize("beta", [1.0, 100.0, 1e4])
+@pytest.mark.parametrize("geometry", ["sphere", "plane"])
+def test_pruned_sparse_matrix_equals_all_pairs_for_any_scores(rng, beta, geometry):
+    """Branch and bound over group balls finds exactly the groups all pairs keeps, for a
+    general (non-symmetric) Q^T K, uneven groups and weights, on S^2 and in R^3."""
+    from attnflow.kernels import kernel_matrix_sparse
+
+    n_t, n_g = 300, 700
+    sizes = rng.integers(1, 7, size=n_g)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    x = random_sphere(rng, n_t, 3)
+    centres = random_sphere(rng, n_g, 3) if geometry == "sphere" else rng.normal(size=(n_g, 3))
+    y = np.repeat(centres, sizes, axis=0) + 0.02 * rng.normal(size=(starts[-1], 3))
+    Q, K = rng.normal(size=(3, 3)), rng.normal(size=(3, 3))
+    a, b = beta * x @ Q.T, y @ K.T
+    v = rng.normal(size=(starts[-1], 3))
+    w = rng.uniform(0.1, 1.0, size=starts[-1])
+    full = kernel_matrix_sparse(a, b, v, w, starts, 1e-12, prune=False)
+    fast = kernel_matrix_sparse(a, b, v, w, starts, 1e-12)
+    for f, g in zip(full, fast, strict=True):
+        np.testing.assert_array_equal(f, g)
+    if beta == 1e4:
+        assert full[1][-1] < 0.05 * n_t * n_g  # sparse at low temperature

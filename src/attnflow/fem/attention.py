@@ -8,16 +8,29 @@ nor the targets move, the map from density dofs to (denominator, numerator) is l
 * :class:`DenseKernel` assembles it **once** as a parallel dense PETSc matrix (rows: the
   ``(d + 1)`` sums at the owned nodes; columns: the global density dofs). Every stage is then
   one ``MatMult``, a pointwise division and the tangent projection. The row shift is the
-  density-independent ``s_i = max_q (beta <Q x_i, K y_q> + log(|J| w_q))``; where the density
-  has no mass within the kernel's reach of a node the shifted denominator underflows to 0 and
-  the velocity there is set to 0 (that node carries no mass to move).
+  density-independent ``s_i = max_q (beta <Q x_i, K y_q> + log(|J| w_q))``.
 * :class:`SparseKernel` assembles the same map as a sparse (AIJ) PETSc matrix, dropping the
   cells whose kernel values are all below ``tol`` times the row's largest one: at low
-  temperature the kernel vanishes beyond the angle ``arccos(1 - log(1/tol)/beta)`` (Q = K = I),
-  so most entries go. The relative error of the sums is at most ``tol * n_cells * rho_max /
-  rho_near`` where ``rho_near`` is the density near the row's best-aligned point.
+  temperature the kernel vanishes beyond the angle ``arccos(1 - log(1/tol)/beta)`` (Q = K = I
+  on the sphere), so most entries go. A bounding-ball tree over the cells finds the kept
+  entries of each row for any Q, K, on the sphere or in R^d, so the assembly costs in
+  proportion to the entries kept (:func:`attnflow.kernels.kernel_matrix_sparse`).
 * :class:`RecomputedKernel` calls the kernel-sum engine on the density-weighted cloud at every
   stage (exact per-stage shift; no matrix in memory): the choice for large meshes.
+
+The fixed row shift is what makes an assembled kernel density-independent, and what it costs:
+
+* on the sphere with Q, K positive multiples of I (:attr:`AttentionVelocity.local`) the row
+  maximum is at the node itself. A shifted denominator that underflows then means that the
+  density has no mass within the kernel's reach of the node: the velocity there is set to 0
+  (``TINY_DENOMINATOR``; the node carries no mass to move);
+* otherwise (R^d, general Q and K) the scores are not peaked at the node: ``<Q x, K y>`` is
+  largest at the far end of the mesh, where at low temperature the density may have no mass
+  at all. Rows whose denominator underflowed (dense) or could be outweighed by the dropped
+  entries (sparse: ``den <= tol * n_q * sum(rho dofs) / TRUNCATION_RTOL``) are recomputed
+  with the engine at that evaluation (``rows_recomputed`` counts them). The velocity is then
+  right at every ``beta``; at large ``beta`` in R^d most rows may need it, and
+  :class:`RecomputedKernel` is the better choice there.
 
 Both use :mod:`attnflow.kernels`, the engine the particle solver uses.
 """
@@ -39,6 +52,11 @@ __all__ = ["AttentionVelocity", "DenseKernel", "RecomputedKernel", "SparseKernel
 
 #: Shifted denominators below this are "no mass in reach": the velocity is set to 0 there.
 TINY_DENOMINATOR = 1e-290
+#: Assembled, non-local kernels: a dense row whose denominator is below this is recomputed.
+UNDERFLOW_DENOMINATOR = 1e-270
+#: Assembled, non-local kernels: a sparse row is recomputed when the entries it dropped could
+#: change its denominator by more than this relative amount.
+TRUNCATION_RTOL = 1e-8
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,11 @@ class AttentionVelocity:
     """
 
     def __init__(self, model: SelfAttention, W, U, cloud: QuadratureCloud, kernel) -> None:
+        if model.hardmax:
+            raise ValueError(
+                "model.beta must be finite for the finite element solver "
+                "(beta = inf, hardmax, is for particles)"
+            )
         self.model = model
         self.comm = W.mesh.comm
         gdim = W.mesh.geometry.dim
@@ -104,6 +127,21 @@ class AttentionVelocity:
         self.src_dofs = _allgather(self.comm, gdofs.astype(np.int64))
         self.n_q = n_q
         self.b, self.v = model._sources(self.src_pts)
+        qq, kk = model.Q[0, 0], model.K[0, 0]
+        eye = np.eye(gdim)
+        #: Whether every row's largest kernel value sits at the node itself (sphere, Q and K
+        #: positive multiples of I): then a small shifted denominator means no mass near the
+        #: node, and the velocity there moves no mass. Otherwise (R^d, general Q, K) the row
+        #: maximum lies wherever <Q x, K y> peaks on the mesh, possibly where the density has
+        #: no mass, and rows are checked at every evaluation (see :meth:`sums`).
+        self.local = bool(
+            model.sphere
+            and np.array_equal(model.Q, qq * eye)
+            and np.array_equal(model.K, kk * eye)
+            and qq * kk > 0
+        )
+        #: Number of rows recomputed with the engine so far (summed over ranks).
+        self.rows_recomputed = 0
         if isinstance(kernel, DenseKernel):
             self._assemble_dense()
         elif isinstance(kernel, SparseKernel):
@@ -136,7 +174,7 @@ class AttentionVelocity:
         n_groups = self.src_dofs.size
         starts = np.arange(n_groups + 1, dtype=np.int64) * self.n_q
         shift, indptr, groups, values = kernel_matrix_sparse(
-            self.a, self.b, self.v, self.src_w, starts, tol, candidates=self._candidates(tol)
+            self.a, self.b, self.v, self.src_w, starts, tol
         )
         self.shift = shift
         m = self.gdim + 1
@@ -171,50 +209,6 @@ class AttentionVelocity:
         self.A = A
         self._y = A.createVecLeft()
 
-    def _candidates(self, tol: float):
-        """Candidate cells per target from a ball query, when the scores are a multiple of
-        ``<x, y>`` on the sphere (Q and K multiples of I); ``None`` (all pairs) otherwise.
-
-        The kept sources satisfy ``x.y_j >= x.y_nn - slack`` with ``y_nn`` the source nearest
-        in direction and ``slack = (log(1/tol) + spread of log w) / (beta' r_min) + 2(1 - r_min)
-        / r_min`` (``beta' = beta q_Q q_K``, ``r_min`` the smallest ``|y|``: quadrature points
-        lie inside the sphere); in chord length that is a ball of radius
-        ``sqrt(d_nn^2 + 2 slack)`` around ``x``. It also contains the best source.
-        """
-        from scipy.spatial import cKDTree
-
-        model = self.model
-        d = self.gdim
-        qq, kk = model.Q[0, 0], model.K[0, 0]
-        if not (
-            model.sphere
-            and np.allclose(model.Q, qq * np.eye(d), rtol=0, atol=0)
-            and np.allclose(model.K, kk * np.eye(d), rtol=0, atol=0)
-            and qq * kk > 0
-            and np.isfinite(model.beta)
-        ):
-            return None
-        beta_eff = model.beta * qq * kk
-        r = np.linalg.norm(self.src_pts, axis=1)
-        r_min = float(r.min())
-        lw = np.log(self.src_w[self.src_w > 0])
-        slack = (np.log(1 / tol) + (lw.max() - lw.min())) / (beta_eff * r_min)
-        slack += 2 * (1 - r_min) / r_min
-        if slack >= 0.1:  # the balls would hold > ~5% of the sphere: all pairs is faster
-            return None
-        dirs = self.src_pts / r[:, None]
-        tree = cKDTree(dirs)
-        x = self.targets / np.linalg.norm(self.targets, axis=1, keepdims=True)
-        d_nn, _ = tree.query(x)
-        radius = np.sqrt(d_nn**2 + 2 * slack) * (1 + 1e-12) + 1e-15
-        lists = tree.query_ball_point(x, radius)
-        group = np.arange(self.src_pts.shape[0]) // self.n_q
-        cand = [np.unique(group[np.asarray(li, dtype=np.int64)]) for li in lists]
-        ptr = np.zeros(len(cand) + 1, dtype=np.int64)
-        ptr[1:] = np.cumsum([c.size for c in cand])
-        flat = np.concatenate(cand) if cand else np.zeros(0, dtype=np.int64)
-        return ptr, flat
-
     @property
     def matrix_entries(self) -> int:
         """Global number of stored kernel-matrix entries (0 for RecomputedKernel); collective."""
@@ -226,21 +220,45 @@ class AttentionVelocity:
 
     # -- evaluation --------------------------------------------------------------------------
     def sums(self, rho: dolfinx.fem.Function) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(shift, den, num)`` at the owned nodes for the density ``rho``."""
-        if isinstance(self.kernel, (DenseKernel, SparseKernel)):
-            self.A.mult(rho.x.petsc_vec, self._y)
-            y = self._y.array_r.reshape(self.n_nodes, self.gdim + 1)
-            return self.shift, y[:, 0].copy(), y[:, 1:].copy()
+        """``(shift, den, num)`` at the owned nodes for the density ``rho``; collective.
+
+        With an assembled kernel that is not local (see :attr:`local`), rows whose shifted
+        denominator is too small to trust (it underflowed, or the truncated entries could
+        outweigh the kept ones) are recomputed with the engine, with the exact per-row shift.
+        """
+        if not isinstance(self.kernel, (DenseKernel, SparseKernel)):
+            s = kernel_sums(self.a, self.b, self.v, self._cloud_weights(rho))
+            return s.shift, s.den, s.num
+        self.A.mult(rho.x.petsc_vec, self._y)
+        y = self._y.array_r.reshape(self.n_nodes, self.gdim + 1)
+        shift, den, num = self.shift.copy(), y[:, 0].copy(), y[:, 1:].copy()
+        if self.local:
+            return shift, den, num
+        if isinstance(self.kernel, SparseKernel):
+            # Each dropped term is < tol (shifted) times its dof value.
+            local_sum = float(np.maximum(rho.x.array[: self.n_dofs], 0.0).sum())
+            total = self.comm.allreduce(local_sum)
+            guard = self.kernel.tol * self.n_q * total / TRUNCATION_RTOL
+        else:
+            guard = UNDERFLOW_DENOMINATOR
+        bad = den <= guard
+        n_bad = self.comm.allreduce(int(bad.sum()))
+        if n_bad:  # the same branch on every rank: the gather below is collective
+            w_all = self._cloud_weights(rho)
+            if bad.any():
+                s = kernel_sums(self.a[bad], self.b, self.v, w_all)
+                shift[bad], den[bad], num[bad] = s.shift, s.den, s.num
+            self.rows_recomputed += n_bad
+        return shift, den, num
+
+    def _cloud_weights(self, rho: dolfinx.fem.Function) -> np.ndarray:
+        """Weights of all quadrature points (every rank, rank order) for ``rho``; collective."""
         n_q = self.cloud.n_q
-        w_local = self.cloud.weights.reshape(-1, n_q)
         n_cells = self.cloud.cell_dofs.shape[0]
+        w_local = self.cloud.weights.reshape(n_cells, 1, n_q)
         coef = rho.x.array[self.cloud.cell_dofs]  # (n_cells, n_l)
-        w = (w_local.reshape(n_cells, 1, n_q) * self.cloud.tab.T[None] * coef[:, :, None]).reshape(
-            -1
-        )
-        w_all = _allgather(self.comm, np.maximum(w, 0.0))
-        s = kernel_sums(self.a, self.b, self.v, w_all)
-        return s.shift, s.den, s.num
+        w = (w_local * self.cloud.tab.T[None] * coef[:, :, None]).reshape(-1)
+        return _allgather(self.comm, np.maximum(w, 0.0))
 
     def __call__(self, rho: dolfinx.fem.Function, u: dolfinx.fem.Function) -> None:
         """Set ``u`` (owned and ghost nodes) to the velocity of ``rho``."""

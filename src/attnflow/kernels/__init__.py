@@ -141,7 +141,8 @@ def kernel_matrix_sparse(
     weights: np.ndarray,
     starts: np.ndarray,
     tol: float,
-    candidates: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    prune: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`kernel_matrix` truncated to CSR: groups whose every term is below ``tol`` times
     the row's largest term are dropped.
@@ -150,21 +151,20 @@ def kernel_matrix_sparse(
     (nnz, m + 1). With ``beta <Q x, K y>`` and Q = K = I on the sphere the kept cells lie
     within the angle ``arccos(1 - log(1/tol) / beta)`` of the best-aligned source.
 
-    ``candidates = (ptr, groups)`` (CSR, per target) restricts the search to those groups;
-    they must include every group that can be kept and the group of the best source (e.g.
-    from a ball query, see :func:`attnflow.fem.attention`): the cost is then proportional to
-    the candidates, not to all pairs.
+    With ``prune`` (default) a bounding-ball tree over the groups (branch and bound on
+    ``a . b <= a . c + |a| r``) finds, per target, the groups that can be kept, for any Q, K,
+    on the sphere or in R^d: the cost is then proportional to the entries kept (plus a
+    logarithmic tree walk), not to all pairs. ``prune=False`` visits all pairs; both give the
+    same matrix.
     """
     with np.errstate(divide="ignore"):
         logw = np.log(_c(weights))
-    ptr, cand = candidates if candidates is not None else (np.zeros(0), np.zeros(0))
-    return _numba.softmax_matrix_sparse(
-        _c(a),
-        _c(np.asarray(b).T),
-        _c(np.asarray(values).T),
-        logw,
-        np.ascontiguousarray(starts, dtype=np.int64),
-        float(np.log(tol)),
-        np.ascontiguousarray(ptr, dtype=np.int64),
-        np.ascontiguousarray(cand, dtype=np.int64),
-    )
+    a, bT, vT = _c(a), _c(np.asarray(b).T), _c(np.asarray(values).T)
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    log_tol = float(np.log(tol))
+    if prune:
+        tree = _numba.group_tree(bT, logw, starts)
+        ptr, cand = _numba.tree_candidates(a, bT, logw, starts, log_tol, tree)
+    else:
+        ptr, cand = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return _numba.softmax_matrix_sparse(a, bT, vT, logw, starts, log_tol, ptr, cand)

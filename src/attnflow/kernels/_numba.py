@@ -572,3 +572,179 @@ def softmax_matrix_sparse(a, bT, vT, logw, starts, log_tol, cand_ptr, cand):
                 out += 1
             pos += n
     return shift, indptr, groups, values
+
+
+# -- candidate groups by branch and bound ------------------------------------------------------
+# Score bound of a ball (centre c, radius r) of sources: a.b <= a.c + |a| r (Cauchy–Schwarz).
+_LEAF = 8
+
+
+@nb.njit(cache=True)
+def group_tree(bT, logw, starts):
+    """Bounding-ball tree over the source groups (for :func:`tree_candidates`).
+
+    Groups are split recursively at the median of their centres along the widest coordinate,
+    down to at most ``_LEAF`` groups per leaf. Returns ``perm`` (n_g,) (groups in tree order),
+    per node ``lo, hi`` (range in ``perm``), ``left`` (-1 for leaves; right child = left + 1),
+    ``centre`` (n_nodes, p), ``radius``, ``lwmax`` (largest log-weight below the node), and per
+    group ``gc`` (n_g, p), ``gr``, ``glw``.
+    """
+    p = bT.shape[0]
+    n_g = starts.shape[0] - 1
+    gc = np.zeros((n_g, p))
+    gr = np.zeros(n_g)
+    glw = np.full(n_g, -np.inf)
+    for g in range(n_g):
+        n = starts[g + 1] - starts[g]
+        for j in range(starts[g], starts[g + 1]):
+            for k in range(p):
+                gc[g, k] += bT[k, j] / n
+            glw[g] = max(glw[g], logw[j])
+        for j in range(starts[g], starts[g + 1]):
+            r2 = 0.0
+            for k in range(p):
+                r2 += (bT[k, j] - gc[g, k]) ** 2
+            gr[g] = max(gr[g], np.sqrt(r2))
+    max_nodes = 2 * (n_g // _LEAF + 1) * 2 + 1
+    lo = np.zeros(max_nodes, dtype=np.int64)
+    hi = np.zeros(max_nodes, dtype=np.int64)
+    left = np.full(max_nodes, -1, dtype=np.int64)
+    perm = np.arange(n_g)
+    lo[0], hi[0] = 0, n_g
+    n_nodes = 1
+    node = 0
+    while node < n_nodes:  # breadth first: children are appended in pairs
+        a, b = lo[node], hi[node]
+        if b - a > _LEAF:
+            widest, width = 0, -1.0
+            for k in range(p):
+                mn, mx = np.inf, -np.inf
+                for t in range(a, b):
+                    mn = min(mn, gc[perm[t], k])
+                    mx = max(mx, gc[perm[t], k])
+                if mx - mn > width:
+                    widest, width = k, mx - mn
+            keys = np.empty(b - a)
+            for t in range(a, b):
+                keys[t - a] = gc[perm[t], widest]
+            order = np.argsort(keys, kind="mergesort")
+            perm[a:b] = perm[a:b][order]
+            mid = (a + b) // 2
+            left[node] = n_nodes
+            lo[n_nodes], hi[n_nodes] = a, mid
+            lo[n_nodes + 1], hi[n_nodes + 1] = mid, b
+            n_nodes += 2
+        node += 1
+    centre = np.zeros((n_nodes, p))
+    radius = np.zeros(n_nodes)
+    lwmax = np.full(n_nodes, -np.inf)
+    for node in range(n_nodes):
+        a, b = lo[node], hi[node]
+        for t in range(a, b):
+            for k in range(p):
+                centre[node, k] += gc[perm[t], k] / (b - a)
+        for t in range(a, b):
+            g = perm[t]
+            r2 = 0.0
+            for k in range(p):
+                r2 += (gc[g, k] - centre[node, k]) ** 2
+            radius[node] = max(radius[node], np.sqrt(r2) + gr[g])
+            lwmax[node] = max(lwmax[node], glw[g])
+    return (
+        perm,
+        lo[:n_nodes].copy(),
+        hi[:n_nodes].copy(),
+        left[:n_nodes].copy(),
+        centre,
+        radius,
+        lwmax,
+        gc,
+        gr,
+        glw,
+    )
+
+
+@nb.njit(inline="always")
+def _ball_bound(a, i, c, r, lw, anorm):
+    acc = lw + anorm * r
+    for k in range(a.shape[1]):
+        acc += a[i, k] * c[k]
+    return acc
+
+
+@nb.njit(cache=True)
+def _tree_walk(a, i, anorm, cut, tree, out, emit):
+    """Groups whose bound reaches ``cut``: counted, and written to ``out`` when ``emit``."""
+    perm, lo, hi, left, centre, radius, lwmax, gc, gr, glw = tree
+    stack = np.empty(128, dtype=np.int64)
+    top = 1
+    stack[0] = 0
+    cnt = 0
+    while top > 0:
+        top -= 1
+        node = stack[top]
+        if _ball_bound(a, i, centre[node], radius[node], lwmax[node], anorm) < cut:
+            continue
+        if left[node] < 0:
+            for t in range(lo[node], hi[node]):
+                g = perm[t]
+                if _ball_bound(a, i, gc[g], gr[g], glw[g], anorm) >= cut:
+                    if emit:
+                        out[cnt] = g
+                    cnt += 1
+        else:
+            stack[top] = left[node]
+            stack[top + 1] = left[node] + 1
+            top += 2
+    return cnt
+
+
+@nb.njit(parallel=True, cache=True)
+def tree_candidates(a, bT, logw, starts, log_tol, tree):
+    """Per target, the groups that can hold a source within ``log_tol`` of the row maximum.
+
+    A lower bound ``L`` of the row maximum is the best exact score in the leaf reached by
+    descending towards the larger bound; a group is a candidate when its ball bound is at
+    least ``L + log_tol``. Every group :func:`softmax_matrix_sparse` keeps, and the group of
+    the best source, is a candidate; the cost is proportional to the candidates plus the
+    nodes on their boundary. Returns CSR ``ptr`` (n_t + 1,) and ``cand``.
+    """
+    perm, lo, hi, left, centre, radius, lwmax = tree[:7]
+    n_t = a.shape[0]
+    cut = np.empty(n_t)
+    counts = np.zeros(n_t, dtype=np.int64)
+    dummy = np.empty(0, dtype=np.int64)
+    for i in nb.prange(n_t):
+        anorm = 0.0
+        for k in range(a.shape[1]):
+            anorm += a[i, k] * a[i, k]
+        anorm = np.sqrt(anorm)
+        node = 0
+        while left[node] >= 0:
+            c0, c1 = left[node], left[node] + 1
+            u0 = _ball_bound(a, i, centre[c0], radius[c0], lwmax[c0], anorm)
+            u1 = _ball_bound(a, i, centre[c1], radius[c1], lwmax[c1], anorm)
+            node = c0 if u0 >= u1 else c1
+        best = -np.inf
+        for t in range(lo[node], hi[node]):
+            g = perm[t]
+            for j in range(starts[g], starts[g + 1]):
+                acc = logw[j]
+                for k in range(a.shape[1]):
+                    acc += a[i, k] * bT[k, j]
+                best = max(best, acc)
+        # Rounding: the bound is evaluated in another order than the scores.
+        cut[i] = best + log_tol - 1e-9 * (1.0 + abs(best))
+        counts[i] = _tree_walk(a, i, anorm, cut[i], tree, dummy, False)
+    ptr = np.zeros(n_t + 1, dtype=np.int64)
+    for i in range(n_t):
+        ptr[i + 1] = ptr[i] + counts[i]
+    cand = np.empty(ptr[n_t], dtype=np.int64)
+    for i in nb.prange(n_t):
+        anorm = 0.0
+        for k in range(a.shape[1]):
+            anorm += a[i, k] * a[i, k]
+        anorm = np.sqrt(anorm)
+        _tree_walk(a, i, anorm, cut[i], tree, cand[ptr[i] : ptr[i + 1]], True)
+        cand[ptr[i] : ptr[i + 1]].sort()  # the same column order as visiting all groups
+    return ptr, cand
