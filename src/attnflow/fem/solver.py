@@ -218,7 +218,8 @@ class MeanFieldSolver:
         ratio = self.comm.allreduce(float(np.min(self._cell_volume / perim)), op=MPI.MIN)
         x = mesh.geometry.x
         R = self.comm.allreduce(float(np.max(np.linalg.norm(x, axis=1))), op=MPI.MAX)
-        vnorm = float(np.linalg.norm(model.V, 2))
+        # |V (y - c x)| <= |V| (1 + c) R with c = 1 for the centered form.
+        vnorm = float(np.linalg.norm(model.V, 2)) * (2.0 if model.centered else 1.0)
         if model.normalized:
             speed = vnorm * R
         else:
