@@ -35,6 +35,9 @@ __all__ = [
     "naive_kernel_sums",
 ]
 
+#: Sparse assembly visits all pairs when more than this fraction of them is kept.
+PRUNE_MAX_FRACTION = 0.5
+
 #: Relative tolerance under which two scores are a tie in the hardmax limit.
 TIE_RTOL = 1e-12
 
@@ -154,8 +157,9 @@ def kernel_matrix_sparse(
     With ``prune`` (default) a bounding-ball tree over the groups (branch and bound on
     ``a . b <= a . c + |a| r``) finds, per target, the groups that can be kept, for any Q, K,
     on the sphere or in R^d: the cost is then proportional to the entries kept (plus a
-    logarithmic tree walk), not to all pairs. ``prune=False`` visits all pairs; both give the
-    same matrix.
+    tree walk over the boundary of the kept region), not to all pairs; when more than
+    ``PRUNE_MAX_FRACTION`` of the pairs are kept (high temperature) all pairs are visited.
+    ``prune=False`` always visits all pairs; both give the same matrix.
     """
     with np.errstate(divide="ignore"):
         logw = np.log(_c(weights))
@@ -164,7 +168,7 @@ def kernel_matrix_sparse(
     log_tol = float(np.log(tol))
     if prune:
         tree = _numba.group_tree(bT, logw, starts)
-        ptr, cand = _numba.tree_candidates(a, bT, logw, starts, log_tol, tree)
+        ptr, cand = _numba.tree_candidates(a, bT, logw, starts, log_tol, tree, PRUNE_MAX_FRACTION)
     else:
         ptr, cand = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     return _numba.softmax_matrix_sparse(a, bT, vT, logw, starts, log_tol, ptr, cand)

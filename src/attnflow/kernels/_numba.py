@@ -672,10 +672,51 @@ def _ball_bound(a, i, c, r, lw, anorm):
     return acc
 
 
+@nb.njit(inline="always")
+def _group_max(a, i, bT, logw, starts, g):
+    best = -np.inf
+    for j in range(starts[g], starts[g + 1]):
+        acc = logw[j]
+        for k in range(a.shape[1]):
+            acc += a[i, k] * bT[k, j]
+        best = max(best, acc)
+    return best
+
+
 @nb.njit(cache=True)
-def _tree_walk(a, i, anorm, cut, tree, out, emit):
-    """Groups whose bound reaches ``cut``: counted, and written to ``out`` when ``emit``."""
-    perm, lo, hi, left, centre, radius, lwmax, gc, gr, glw = tree
+def _tree_best(a, i, anorm, bT, logw, starts, tree):
+    """Exact row maximum by branch and bound (nodes whose bound is below the best so far are
+    skipped; the child with the larger bound is searched first)."""
+    perm, lo, hi, left, centre, radius, lwmax = tree[:7]
+    stack = np.empty(128, dtype=np.int64)
+    top = 1
+    stack[0] = 0
+    best = -np.inf
+    while top > 0:
+        top -= 1
+        node = stack[top]
+        if _ball_bound(a, i, centre[node], radius[node], lwmax[node], anorm) < best:
+            continue
+        if left[node] < 0:
+            for t in range(lo[node], hi[node]):
+                best = max(best, _group_max(a, i, bT, logw, starts, perm[t]))
+        else:
+            # Search first the child whose centre scores higher (the bound is dominated by
+            # |a| r at low temperature, and would favour the wider child instead).
+            c0, c1 = left[node], left[node] + 1
+            u0 = _ball_bound(a, i, centre[c0], 0.0, lwmax[c0], anorm)
+            u1 = _ball_bound(a, i, centre[c1], 0.0, lwmax[c1], anorm)
+            first, second = (c0, c1) if u0 >= u1 else (c1, c0)
+            stack[top] = second
+            stack[top + 1] = first  # popped next
+            top += 2
+    return best
+
+
+@nb.njit(cache=True)
+def _tree_walk(a, i, anorm, bT, logw, starts, cut, tree, out, emit):
+    """Groups with a source scoring at least ``cut``: counted, written to ``out`` if ``emit``."""
+    perm, lo, hi, left, centre, radius, lwmax = tree[:7]
     stack = np.empty(128, dtype=np.int64)
     top = 1
     stack[0] = 0
@@ -688,7 +729,7 @@ def _tree_walk(a, i, anorm, cut, tree, out, emit):
         if left[node] < 0:
             for t in range(lo[node], hi[node]):
                 g = perm[t]
-                if _ball_bound(a, i, gc[g], gr[g], glw[g], anorm) >= cut:
+                if _group_max(a, i, bT, logw, starts, g) >= cut:
                     if emit:
                         out[cnt] = g
                     cnt += 1
@@ -699,52 +740,45 @@ def _tree_walk(a, i, anorm, cut, tree, out, emit):
     return cnt
 
 
-@nb.njit(parallel=True, cache=True)
-def tree_candidates(a, bT, logw, starts, log_tol, tree):
-    """Per target, the groups that can hold a source within ``log_tol`` of the row maximum.
+@nb.njit(inline="always")
+def _norm(a, i):
+    acc = 0.0
+    for k in range(a.shape[1]):
+        acc += a[i, k] * a[i, k]
+    return np.sqrt(acc)
 
-    A lower bound ``L`` of the row maximum is the best exact score in the leaf reached by
-    descending towards the larger bound; a group is a candidate when its ball bound is at
-    least ``L + log_tol``. Every group :func:`softmax_matrix_sparse` keeps, and the group of
-    the best source, is a candidate; the cost is proportional to the candidates plus the
-    nodes on their boundary. Returns CSR ``ptr`` (n_t + 1,) and ``cand``.
+
+@nb.njit(parallel=True, cache=True)
+def tree_candidates(a, bT, logw, starts, log_tol, tree, max_fraction):
+    """Per target, the groups :func:`softmax_matrix_sparse` keeps, found by branch and bound.
+
+    The exact row maximum ``best`` comes from a first search; a second walk visits the nodes
+    whose bound reaches ``best + log_tol`` and scores their groups exactly, so the candidates
+    are exactly the kept groups (ascending, as when visiting all pairs). The cost is the kept
+    entries plus the nodes and leaves on the boundary of the kept region. Returns CSR ``ptr``
+    (n_t + 1,) and ``cand``; both empty (meaning "all groups") when more than
+    ``max_fraction`` of all pairs would be kept, where visiting all pairs is cheaper.
     """
-    perm, lo, hi, left, centre, radius, lwmax = tree[:7]
     n_t = a.shape[0]
+    n_g = starts.shape[0] - 1
     cut = np.empty(n_t)
     counts = np.zeros(n_t, dtype=np.int64)
     dummy = np.empty(0, dtype=np.int64)
     for i in nb.prange(n_t):
-        anorm = 0.0
-        for k in range(a.shape[1]):
-            anorm += a[i, k] * a[i, k]
-        anorm = np.sqrt(anorm)
-        node = 0
-        while left[node] >= 0:
-            c0, c1 = left[node], left[node] + 1
-            u0 = _ball_bound(a, i, centre[c0], radius[c0], lwmax[c0], anorm)
-            u1 = _ball_bound(a, i, centre[c1], radius[c1], lwmax[c1], anorm)
-            node = c0 if u0 >= u1 else c1
-        best = -np.inf
-        for t in range(lo[node], hi[node]):
-            g = perm[t]
-            for j in range(starts[g], starts[g + 1]):
-                acc = logw[j]
-                for k in range(a.shape[1]):
-                    acc += a[i, k] * bT[k, j]
-                best = max(best, acc)
-        # Rounding: the bound is evaluated in another order than the scores.
-        cut[i] = best + log_tol - 1e-9 * (1.0 + abs(best))
-        counts[i] = _tree_walk(a, i, anorm, cut[i], tree, dummy, False)
+        anorm = _norm(a, i)
+        best = _tree_best(a, i, anorm, bT, logw, starts, tree)
+        # The same comparison as softmax_matrix_sparse (score - best >= log_tol), rounded down
+        # a hair so that a group on the edge is a candidate (it is then re-tested exactly).
+        cut[i] = best + log_tol - 1e-12 * (1.0 + abs(best))
+        counts[i] = _tree_walk(a, i, anorm, bT, logw, starts, cut[i], tree, dummy, False)
     ptr = np.zeros(n_t + 1, dtype=np.int64)
     for i in range(n_t):
         ptr[i + 1] = ptr[i] + counts[i]
+    if ptr[n_t] > max_fraction * n_t * n_g:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     cand = np.empty(ptr[n_t], dtype=np.int64)
     for i in nb.prange(n_t):
-        anorm = 0.0
-        for k in range(a.shape[1]):
-            anorm += a[i, k] * a[i, k]
-        anorm = np.sqrt(anorm)
-        _tree_walk(a, i, anorm, cut[i], tree, cand[ptr[i] : ptr[i + 1]], True)
+        anorm = _norm(a, i)
+        _tree_walk(a, i, anorm, bT, logw, starts, cut[i], tree, cand[ptr[i] : ptr[i + 1]], True)
         cand[ptr[i] : ptr[i + 1]].sort()  # the same column order as visiting all groups
     return ptr, cand
