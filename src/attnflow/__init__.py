@@ -12,6 +12,7 @@ from attnflow.laws import (
     Gaussian,
     Mixture,
     PerturbedCircle,
+    UniformBall,
     UniformSphere,
     VonMisesFisher,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "SelfAttention",
     "Solution",
     "Status",
+    "UniformBall",
     "UniformSphere",
     "VonMisesFisher",
     "compare",

@@ -23,6 +23,7 @@ __all__ = [
     "Law",
     "Mixture",
     "PerturbedCircle",
+    "UniformBall",
     "UniformSphere",
     "VonMisesFisher",
     "sphere_area",
@@ -80,6 +81,32 @@ class UniformSphere(Law):
 
     def pdf(self, x):
         return np.full(np.asarray(x).shape[0], 1.0 / sphere_area(self.d))
+
+
+@dataclass(frozen=True)
+class UniformBall(Law):
+    """The uniform law on the ball ``|x| <= radius`` of ``R^d``."""
+
+    d: int
+    radius: float = 1.0
+    on_sphere = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.d, bool) or not isinstance(self.d, (int, np.integer)) or self.d < 1:
+            raise ValueError(f"d must be an int >= 1, got {self.d!r}")
+        if not (np.isfinite(self.radius) and self.radius > 0):
+            raise ValueError(f"radius must be finite and > 0, got {self.radius!r}")
+
+    def sample(self, n, rng):
+        g = _rng(rng)
+        x = g.standard_normal((_n(n), self.d))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x * (self.radius * g.random(_n(n)) ** (1.0 / self.d))[:, None]
+
+    def pdf(self, x):
+        x = np.asarray(x, dtype=float)
+        vol = sphere_area(self.d) * self.radius**self.d / self.d if self.d > 1 else 2 * self.radius
+        return np.where(np.linalg.norm(x, axis=1) <= self.radius, 1.0 / vol, 0.0)
 
 
 @dataclass(frozen=True)
