@@ -14,6 +14,12 @@ in space (order 1/2 in Wasserstein distance once the density concentrates).
 
 Other TS choices through the options prefix (default ``attnflow_``), e.g.
 ``-attnflow_ts_type rk -attnflow_ts_rk_type 4``.
+
+Checkpoint and restart: ``solve(..., checkpoint_every=K, on_checkpoint=f)`` calls ``f`` with a
+:class:`~attnflow.checkpoint.FieldState` every ``K`` steps (after the step and its limiter);
+``solve(..., restart=state)`` continues from such a state with the same time grid, so the
+result is bitwise that of an uninterrupted solve on the same number of ranks (and equal to
+round-off on another: the dofs are stored by input cell index).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from attnflow.checkpoint import CheckpointError, FieldState
 from attnflow.fem.attention import AttentionVelocity, DenseKernel, RecomputedKernel, SparseKernel
 from attnflow.fem.transport import cell_quadrature, transport_form
 from attnflow.laws import Law
@@ -61,7 +68,10 @@ class FieldSolution:
         the density at the points).
     weights : (n_saved, n_points) weights ``|J| w_q rho(y_q)``: each saved density as a
         weighted point cloud, compared with particles like any other cloud.
-    dt : the time step; n_steps : steps taken; wall_time : seconds in ``solve``.
+    dt : the time step; n_steps : steps taken; wall_time : seconds in ``solve`` (summed over
+        the pieces of a restarted solve).
+    dofs : (n_cells, n_dofs_per_cell) density dofs at the last save time, by input cell index
+        (partition-independent; ``None`` for solutions built elsewhere).
     """
 
     t: np.ndarray
@@ -76,6 +86,7 @@ class FieldSolution:
     n_steps: int
     wall_time: float = field(default=0.0)
     points_per_cell: int = 1
+    dofs: np.ndarray | None = None
 
     def cell_masses(self, k: int = -1) -> np.ndarray:
         """(n_cells,) mass of every cell at save ``k``, in the mesh's input cell order (for
@@ -101,6 +112,8 @@ class MeanFieldSolver:
     cfl : fraction of the SSP time-step bound (0 < cfl <= 1).
     quadrature_degree : degree of the cell quadrature of the kernel integrals.
     options_prefix : PETSc options prefix of the TS.
+    normalize : scale the initial density to unit mass on the mesh (the total weight of a
+        particle system), after evaluating ``rho0`` at the quadrature points.
     """
 
     def __init__(
@@ -114,6 +127,7 @@ class MeanFieldSolver:
         cfl: float = 0.9,
         quadrature_degree: int = 4,
         options_prefix: str = "attnflow_",
+        normalize: bool = False,
     ) -> None:
         if not isinstance(model, SelfAttention):
             raise TypeError(f"model must be a SelfAttention, got {type(model).__name__}")
@@ -146,7 +160,7 @@ class MeanFieldSolver:
         # int phi_l, from the same quadrature as M (so that 1^T M M^{-1} F = sum F exactly
         # up to round-off: a second, differently rounded set of volumes makes mass drift).
         self._phi_integrals = mass_matrices.sum(axis=2)
-        self._set_initial(rho0)
+        self._set_initial(rho0, normalize=bool(normalize))
         self.velocity = AttentionVelocity(model, self.W, self.U, self.cloud, kernel)
         phi = ufl.TestFunction(self.W)
         self._form = dolfinx.fem.form(
@@ -160,7 +174,7 @@ class MeanFieldSolver:
         self.options_prefix = options_prefix
 
     # -- set-up ----------------------------------------------------------------------------
-    def _set_initial(self, rho0) -> None:
+    def _set_initial(self, rho0, *, normalize: bool = False) -> None:
         f = rho0.pdf if isinstance(rho0, Law) else rho0
         if not callable(f):
             raise TypeError("rho0 must be a Law or a callable (n, d) -> (n,)")
@@ -177,6 +191,8 @@ class MeanFieldSolver:
         mass = self.comm.allreduce(float((w * vals.reshape(-1, q.n_q)).sum()))
         if not mass > 0:
             raise ValueError("rho0 must have positive mass on the mesh")
+        if normalize:
+            vals = vals / mass
         # L2 projection, cell by cell (DG0: cell averages), then the positivity limiter.
         b = np.einsum("cq,cq,ql->cl", w, vals.reshape(-1, q.n_q), q.tab)
         self.rho.x.array[q.cell_dofs] = np.einsum("cij,cj->ci", self._minv, b)
@@ -266,9 +282,6 @@ class MeanFieldSolver:
         cd = self.cloud.cell_dofs
         f.array[cd] = np.einsum("cij,cj->ci", self._minv, b.array[cd])
 
-    def _post_step(self, ts) -> None:
-        self._limit(ts.getSolution().array)
-
     def _cloud_weights(self) -> np.ndarray:
         q = self.cloud
         dens = self.rho.x.array[q.cell_dofs] @ q.tab.T  # (cells, n_q): rho at the points
@@ -287,6 +300,50 @@ class MeanFieldSolver:
         v = np.concatenate([p[1] for p in parts])
         return v[np.argsort(g, kind="stable")].reshape(-1, *w.shape[1:])
 
+    # -- partition-independent dofs ------------------------------------------------------------
+    @property
+    def n_cells_global(self) -> int:
+        """Number of cells of the whole mesh."""
+        return self.mesh.topology.index_map(self.mesh.topology.dim).size_global
+
+    def _owned_input_index(self) -> np.ndarray:
+        n = self.cloud.cell_dofs.shape[0]
+        return np.asarray(self.mesh.topology.original_cell_index[:n], dtype=np.int64)
+
+    def _gather_cells(self, a: np.ndarray, root: int | None = 0) -> np.ndarray | None:
+        """Per-owned-cell rows ``a`` (n_owned, ...) of all ranks, ordered by input cell index,
+        on ``root`` (``None`` elsewhere), or on every rank with ``root=None``."""
+        g = self._owned_input_index()
+        if root is None:
+            parts = self.comm.allgather((g, a))
+        else:
+            parts = self.comm.gather((g, a), root=root)
+            if self.comm.rank != root:
+                return None
+        idx = np.concatenate([p[0] for p in parts])
+        out = np.empty((idx.size, *a.shape[1:]), dtype=a.dtype)
+        out[idx] = np.concatenate([p[1] for p in parts])
+        return out
+
+    def global_dofs(self, root: int | None = 0) -> np.ndarray | None:
+        """The density dofs as a ``(n_cells, n_dofs_per_cell)`` array by input cell index.
+
+        The input cell index and the DG dofs' order within a cell (that of the cell's input
+        vertices) do not depend on the partition, so the array is the same on any number of
+        ranks. Collective; the array is returned on ``root`` (``None`` elsewhere), or on every
+        rank with ``root=None``.
+        """
+        return self._gather_cells(self.rho.x.array[self.cloud.cell_dofs], root)
+
+    def set_global_dofs(self, dofs: np.ndarray) -> None:
+        """Set the density from a :meth:`global_dofs` array (the whole array on every rank)."""
+        dofs = np.asarray(dofs, dtype=np.float64)
+        shape = (self.n_cells_global, self.cloud.cell_dofs.shape[1])
+        if dofs.shape != shape:
+            raise ValueError(f"dofs must have shape {shape}, got {dofs.shape}")
+        self.rho.x.array[self.cloud.cell_dofs] = dofs[self._owned_input_index()]
+        self.rho.x.scatter_forward()
+
     # -- time stepping -------------------------------------------------------------------------
     def solve(
         self,
@@ -295,6 +352,10 @@ class MeanFieldSolver:
         output_dir: str | Path | None = None,
         *,
         energy: bool = True,
+        checkpoint_every: int = 0,
+        on_checkpoint: Callable[[FieldState], None] | None = None,
+        restart: FieldState | None = None,
+        progress: Callable[[float, int], None] | None = None,
     ) -> FieldSolution:
         """Integrate to ``t_final``; record the density at ``save_times`` (default 0, t_final).
 
@@ -306,6 +367,17 @@ class MeanFieldSolver:
         DG1, and the P1 velocity; ParaView's ``Xdmf3ReaderT``) and, when dolfinx has ADIOS2,
         ``density.bp`` (VTX, the density at its own degree; ParaView >= 5.12). Nothing is
         written otherwise, and nothing to the working directory.
+
+        Checkpoint and restart
+        ----------------------
+        checkpoint_every : with ``K > 0``, ``on_checkpoint(state)`` is called on every rank
+            (collectively) after every ``K``-th step with a
+            :class:`~attnflow.checkpoint.FieldState` whose dof arrays are on rank 0 only (a
+            step that PETSc shortened to reach a save time postpones it by a step or two).
+        restart : a :class:`~attnflow.checkpoint.FieldState` (arrays on every rank) from a
+            solve of the same problem with the same ``t_final`` and ``save_times``: the solve
+            continues from it (the ParaView files are rewritten from its recorded saves).
+        progress : ``progress(t, step)`` after every step, on every rank (e.g. a progress bar).
         """
         t_final = float(t_final)
         if not (math.isfinite(t_final) and t_final >= 0):
@@ -318,10 +390,42 @@ class MeanFieldSolver:
             or ts_save[-1] > t_final * (1 + 1e-12)
         ):
             raise ValueError("save_times must be increasing and lie in [0, t_final]")
+        every = checkpoint_every
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 0:
+            raise ValueError(f"checkpoint_every must be an int >= 0, got {every!r}")
+        if every and on_checkpoint is None:
+            raise ValueError("checkpoint_every > 0 needs an on_checkpoint callback")
+        if restart is not None:
+            self._check_restart(restart, t_final, ts_save)
         self._energy = bool(energy)
+        self._every, self._on_checkpoint, self._progress = int(every), on_checkpoint, progress
+        step_start = 0 if restart is None else restart.step
+        self._next_checkpoint = (step_start // every + 1) * every if every else 0
+        self._t_final, self._ts_save = t_final, ts_save
         writers = self._open_output(output_dir)
-        m0 = self.mass()
         start = time.perf_counter()
+        rec: dict[str, list] = {k: [] for k in ("t", "mass", "energy", "min", "w", "dofs")}
+        if restart is None:
+            m0 = self.mass()
+            t0, step0, time_step0, segment0, wall0 = 0.0, 0, self.dt, 0, 0.0
+        else:
+            if writers:  # the recorded saves, rewritten into the new files
+                for k, t_k in enumerate(restart.t_saved):
+                    self.set_global_dofs(restart.saved_dofs[k])
+                    self._write(writers, float(t_k))
+            for k in range(len(restart.t_saved)):
+                rec["t"].append(float(restart.t_saved[k]))
+                rec["mass"].append(float(restart.mass[k]))
+                rec["energy"].append(float(restart.energy[k]))
+                rec["min"].append(float(restart.min_density[k]))
+                rec["w"].append(np.asarray(restart.weights[k]))
+                if every and self.comm.rank == 0:
+                    rec["dofs"].append(np.asarray(restart.saved_dofs[k]))
+            self.set_global_dofs(restart.dofs)
+            m0 = restart.mass0
+            t0, step0, time_step0 = restart.t, restart.step, restart.time_step
+            segment0, wall0 = restart.segment, restart.wall_time
+        self._rec, self._m0, self._wall0, self._start = rec, m0, wall0, start
         ts = PETSc.TS().create(comm=self.comm)
         ts.setOptionsPrefix(self.options_prefix)
         opts = PETSc.Options()
@@ -334,31 +438,35 @@ class MeanFieldSolver:
             opts.setValue(k, v)
         x = self.rho.x.petsc_vec.copy()
         ts.setRHSFunction(self.rhs, x.duplicate())
-        if self.degree > 0:
-            ts.setPostStep(self._post_step)
-        ts.setTimeStep(self.dt)
+        ts.setPostStep(self._post_step)
+        ts.setTimeStep(time_step0)
         ts.setExactFinalTime(PETSc.TS.ExactFinalTime.MATCHSTEP)
         ts.setMaxSteps(10**9)
         ts.setFromOptions()
         for k, _ in defaults:  # leave the global options database as we found it
             opts.delValue(k)
-        ts.setTime(0.0)
-        rec = {k: [] for k in ("t", "mass", "energy", "min", "w")}
-        n_steps = 0
-        for t_next in ts_save:
+        ts.setTime(t0)
+        ts.setStepNumber(step0)
+        if progress is not None:
+            progress(t0, step0)
+        for k in range(segment0, ts_save.size):
+            t_next = float(ts_save[k])
+            self._segment = k
             if t_next > ts.getTime():
                 # MATCHSTEP shortens the last step of a segment and TS keeps that step for the
-                # next solve: restore the CFL step every time.
-                ts.setTimeStep(self.dt)
-                ts.setMaxTime(float(t_next))
+                # next solve: restore the CFL step every time (a restarted segment continues
+                # with the step it was interrupted with, so the time grid is the same).
+                if restart is None or k != segment0:
+                    ts.setTimeStep(self.dt)
+                ts.setMaxTime(t_next)
                 ts.solve(x)
-                n_steps = ts.getStepNumber()
             self.rho.x.array[: self.n_dofs] = x.array_r
             self.rho.x.scatter_forward()
-            self._record(rec, float(t_next), writers)
+            self._record(rec, t_next, writers)
+        n_steps = ts.getStepNumber()
         for w in writers:
             w.close()
-        wall = time.perf_counter() - start
+        wall = wall0 + time.perf_counter() - start
         mass = np.array(rec["mass"])
         if self.comm.rank == 0:
             logger.info(
@@ -381,6 +489,72 @@ class MeanFieldSolver:
             n_steps=n_steps,
             wall_time=wall,
             points_per_cell=self.cloud.n_q,
+            dofs=self.global_dofs(root=None),
+        )
+
+    def _check_restart(self, state: FieldState, t_final: float, ts_save: np.ndarray) -> None:
+        if not isinstance(state, FieldState):
+            raise TypeError(f"restart must be a FieldState, got {type(state).__name__}")
+        if state.dt != self.dt:
+            raise CheckpointError(
+                f"the checkpoint's CFL step {state.dt!r} differs from this solver's {self.dt!r} "
+                "(a different mesh, model, degree or cfl?)"
+            )
+        if state.t_final != t_final or not np.array_equal(state.save_times, ts_save):
+            raise CheckpointError("the checkpoint was made with other t_final or save_times")
+        shape = (self.n_cells_global, self.cloud.cell_dofs.shape[1])
+        if state.dofs is None or np.shape(state.dofs) != shape:
+            raise CheckpointError(
+                f"the checkpoint's dofs have shape {np.shape(state.dofs)}, this mesh needs {shape}"
+            )
+        n_rec = len(state.t_saved)
+        if state.saved_dofs is None or np.shape(state.saved_dofs) != (n_rec, *shape):
+            raise CheckpointError("the checkpoint's recorded dofs do not fit this mesh")
+        if not 0 <= state.segment < ts_save.size or n_rec != state.segment:
+            raise CheckpointError("the checkpoint's segment does not fit its records")
+
+    def _post_step(self, ts) -> None:
+        x = ts.getSolution()
+        self._limit(x.array)
+        step = ts.getStepNumber()
+        if self._progress is not None:
+            self._progress(ts.getTime(), step)
+        if self._every and step >= self._next_checkpoint:
+            # PETSc's MATCHSTEP splits the tail of a segment into shortened steps with some
+            # state of its own: a state there would not resume bitwise. Checkpoint only where
+            # the TS holds the CFL step (or the segment is complete), else a step or two later.
+            done = ts.getTime() >= self._ts_save[self._segment]
+            if ts.getTimeStep() == self.dt or done:
+                self._on_checkpoint(self._state(ts, x))
+                self._next_checkpoint = (step // self._every + 1) * self._every
+
+    def _state(self, ts, x: PETSc.Vec) -> FieldState:
+        """The state after the current step (collective; dof arrays on rank 0)."""
+        rec = self._rec
+        dofs = self._gather_cells(x.array_r[self.cloud.cell_dofs], root=0)
+        n_pts = self.n_cells_global * self.cloud.n_q
+        if self.comm.rank == 0:
+            shape = (0, *dofs.shape)
+            saved = np.stack(rec["dofs"]) if rec["dofs"] else np.zeros(shape)
+        else:
+            saved = None
+        return FieldState(
+            t=float(ts.getTime()),
+            step=int(ts.getStepNumber()),
+            time_step=float(ts.getTimeStep()),
+            segment=int(self._segment),
+            dt=float(self.dt),
+            t_final=self._t_final,
+            save_times=self._ts_save.copy(),
+            dofs=dofs,
+            saved_dofs=saved,
+            t_saved=np.array(rec["t"], dtype=float),
+            mass=np.array(rec["mass"], dtype=float),
+            energy=np.array(rec["energy"], dtype=float),
+            min_density=np.array(rec["min"], dtype=float),
+            weights=np.stack(rec["w"]) if rec["w"] else np.zeros((0, n_pts)),
+            mass0=float(self._m0),
+            wall_time=self._wall0 + time.perf_counter() - self._start,
         )
 
     def _record(self, rec, t, writers) -> None:
@@ -394,6 +568,13 @@ class MeanFieldSolver:
         rec["energy"].append(
             self.model._log_energy(pts, np.maximum(w, 0.0)) if self._energy else np.nan
         )
+        if self._every:
+            dofs = self.global_dofs(root=0)
+            if dofs is not None:
+                rec["dofs"].append(dofs)
+        self._write(writers, t)
+
+    def _write(self, writers, t: float) -> None:
         if writers:
             self.velocity(self.rho, self.u)
             for wr in writers:

@@ -2,21 +2,33 @@
 
 Run ``r`` draws its initial tokens from ``numpy.random.SeedSequence(seed).spawn(R)[r]``, so
 each run is the same whatever the number of MPI ranks; with ``comm`` the runs are dealt
-round-robin to the ranks and gathered on every rank.
+round-robin to the ranks and gathered on every rank. The runs of a rank advance in lockstep
+(one step of every run, then the next), which changes nothing in any run but lets a checkpoint
+hold all runs at the same step.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from attnflow._validation import as_points
+from attnflow.checkpoint import CheckpointError, ParticleState, rng_states_json
 from attnflow.laws import Law
 from attnflow.model import SelfAttention
-from attnflow.particles.integrate import RK4, Euler, simulate
+from attnflow.particles.integrate import (
+    RK4,
+    Euler,
+    _check_every,
+    _check_restart,
+    _check_times,
+    _march,
+)
 from attnflow.solution import Status
 
 __all__ = ["EnsembleSolution", "ensemble"]
@@ -58,8 +70,30 @@ def ensemble(
     save_times: Sequence[float] | None = None,
     method: RK4 | Euler = RK4(),
     comm: Any = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[ParticleState], None] | None = None,
+    restart: ParticleState | None = None,
+    progress: Callable[[float, int], None] | None = None,
 ) -> EnsembleSolution:
     """Run ``n_runs`` independent particle systems of ``n_particles`` tokens drawn from ``law``.
+
+    The runs of a rank advance together, step by step (they share the time grid), so that a
+    checkpoint holds every run at the same step.
+
+    Parameters
+    ----------
+    model : the attention dynamics; law : the initial law (same ``d``, sphere or R^d).
+    n_particles, n_runs : tokens per run and number of runs (ints >= 1).
+    t_final, dt, save_times, method : as for :func:`~attnflow.simulate`.
+    seed : run ``r`` draws its tokens from ``SeedSequence(seed).spawn(n_runs)[r]``.
+    comm : an ``mpi4py`` communicator: the runs are dealt round-robin to its ranks.
+    checkpoint_every : with ``K > 0``, ``on_checkpoint(state)`` is called on every rank
+        (collectively) after every ``K``-th step with a
+        :class:`~attnflow.checkpoint.ParticleState` holding all runs (arrays on rank 0 only).
+    restart : a :class:`~attnflow.checkpoint.ParticleState` of the same ensemble (same
+        ``seed``, sizes, ``dt``, ``t_final``, ``save_times``), on every rank: the runs
+        continue from it (on any number of ranks) and end bitwise as uninterrupted ones.
+    progress : ``progress(t, step)`` after every step, on every rank.
 
     Returns an :class:`EnsembleSolution` (identical on every rank and for any rank count).
     """
@@ -68,30 +102,129 @@ def ensemble(
     for name, v in (("n_particles", n_particles), ("n_runs", n_runs)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    seeds = np.random.SeedSequence(seed).spawn(int(n_runs))
+    if not isinstance(method, (RK4, Euler)):
+        raise TypeError(f"method must be RK4() or Euler(), got {method!r}")
+    ts = _check_times(t_final, dt, save_times)
+    every = _check_every(checkpoint_every, on_checkpoint)
+    n_runs, n_particles, d = int(n_runs), int(n_particles), model.d
+    if restart is not None:
+        _check_restart(restart, dt, t_final, ts, (n_runs, n_particles, d))
+        if restart.seed != seed:
+            raise CheckpointError(f"the checkpoint has seed {restart.seed}, this run {seed}")
+    seeds = np.random.SeedSequence(seed).spawn(n_runs)
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
-    mine = {}
-    for r in range(rank, n_runs, size):
-        x0 = law.sample(n_particles, np.random.default_rng(seeds[r]))
-        mine[r] = simulate(model, x0, t_final, dt=dt, save_times=save_times, method=method)
+    mine = list(range(rank, n_runs, size))
+    w = np.full(n_particles, 1.0 / n_particles)
+    geo = model.geometry
+    start = time.perf_counter()
+    xs: dict[int, np.ndarray] = {}
+    saved: dict[int, list[np.ndarray]] = {}
+    status: dict[int, Status] = {}
+    rng_state: dict[int, str] = {}
+    step0 = segment0 = segment_step0 = 0
+    wall0 = 0.0
+    for r in mine:
+        if restart is None:
+            g = np.random.default_rng(seeds[r])
+            x0 = law.sample(n_particles, g)
+            xs[r] = as_points("x0", x0, d, on_sphere=model.sphere).copy()
+            saved[r], status[r] = [], Status.SUCCESS
+            rng_state[r] = rng_states_json([g.bit_generator.state])[0]
+        else:
+            xs[r] = np.array(restart.x[r], dtype=np.float64)
+            saved[r] = list(restart.saved[r])
+            status[r] = Status(restart.status[r])
+            rng_state[r] = restart.rng_states[r] if restart.rng_states else ""
+    if restart is not None:
+        step0, segment0 = restart.step, restart.segment
+        segment_step0, wall0 = restart.segment_step, restart.wall_time
+
+    def field(y: np.ndarray) -> np.ndarray:
+        return model._velocity(y, y, w)
+
+    def advance(h: float) -> None:
+        for r in mine:
+            if status[r] is Status.SUCCESS:
+                xs[r] = geo.retract(method.step(field, xs[r], h))
+
+    def record() -> bool:
+        for r in mine:
+            if status[r] is Status.SUCCESS:
+                saved[r].append(xs[r].copy())
+                if not np.all(np.isfinite(xs[r])):
+                    status[r] = Status.NONFINITE
+                    logger.warning(
+                        "run %d: non-finite token positions at t=%g; stopping",
+                        r,
+                        ts[len(saved[r]) - 1],
+                    )
+        # Collective checkpoints need every rank in the loop; otherwise stop when all is done.
+        return bool(every) or any(status[r] is Status.SUCCESS for r in mine)
+
+    def checkpoint(t: float, step: int, segment: int, segment_step: int) -> None:
+        local = {
+            r: (
+                xs[r],
+                np.stack(saved[r]) if saved[r] else np.zeros((0, n_particles, d)),
+                status[r].value,
+                rng_state[r],
+            )
+            for r in mine
+        }
+        parts = comm.gather(local, root=0) if comm is not None else [local]
+        if rank == 0:
+            runs = {r: v for p in parts for r, v in p.items()}
+            order = range(n_runs)
+            x_all = np.stack([runs[r][0] for r in order])
+            saved_all = [runs[r][1] for r in order]
+            status_all = tuple(runs[r][2] for r in order)
+            rng_all = tuple(runs[r][3] for r in order)
+        else:
+            x_all, saved_all, status_all, rng_all = None, None, (), ()
+        on_checkpoint(
+            ParticleState(
+                t=t,
+                step=step,
+                segment=segment,
+                segment_step=segment_step,
+                dt=float(dt),
+                t_final=float(t_final),
+                save_times=ts.copy(),
+                x=x_all,
+                saved=saved_all,
+                status=status_all,
+                seed=seed,
+                rng_states=rng_all,
+                wall_time=wall0 + time.perf_counter() - start,
+            )
+        )
+
+    if every or any(status[r] is Status.SUCCESS for r in mine):
+        _march(
+            ts,
+            float(dt),
+            advance,
+            record,
+            step0=step0,
+            segment0=segment0,
+            segment_step0=segment_step0,
+            every=every,
+            checkpoint=checkpoint,
+            progress=progress,
+        )
+    mine_runs = {r: (np.stack(saved[r]), status[r]) for r in mine}
     if comm is not None:
-        parts = comm.allgather({r: (s.x, s.status) for r, s in mine.items()})
+        parts = comm.allgather(mine_runs)
         runs = {r: v for p in parts for r, v in p.items()}
     else:
-        runs = {r: (s.x, s.status) for r, s in mine.items()}
-    any_sol = next(iter(mine.values()), None)
-    t = (
-        any_sol.t
-        if any_sol is not None
-        else np.asarray(save_times if save_times is not None else [0.0, t_final], dtype=float)
-    )
+        runs = mine_runs
     n_saved = min(runs[r][0].shape[0] for r in range(n_runs))
     if rank == 0:
         logger.info("ensemble: %d runs of %d tokens on %d rank(s)", n_runs, n_particles, size)
     x = np.stack([runs[r][0][:n_saved] for r in range(n_runs)])
     return EnsembleSolution(
-        t=t[:n_saved],
+        t=ts[:n_saved],
         x=x,
-        weights=np.full(n_particles, 1.0 / n_particles),
+        weights=w,
         status=tuple(runs[r][1] for r in range(n_runs)),
     )

@@ -10,19 +10,26 @@ MPI: with ``comm`` the tokens are split into contiguous blocks over the ranks; e
 gathers all positions and each rank evaluates the field at its own block. Every token's
 velocity is computed from the same sources in the same order whatever the number of ranks,
 so results are identical (bitwise) for 1, 2 or 3 ranks.
+
+Checkpoint and restart: ``checkpoint_every=K, on_checkpoint=f`` calls ``f`` with a
+:class:`~attnflow.checkpoint.ParticleState` every ``K`` steps; ``restart=state`` continues from
+one. The steps between two save times are fixed by the save times and ``dt`` alone, so a
+resumed run takes the same steps as an uninterrupted one and ends bitwise equal.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from attnflow._validation import as_points, as_weights, check_positive
+from attnflow.checkpoint import CheckpointError, ParticleState
 from attnflow.model import SelfAttention
 from attnflow.solution import Solution, Status
 
@@ -76,6 +83,70 @@ def _check_times(t_final: float, dt: float, save_times: Sequence[float] | None) 
     return ts
 
 
+def _march(
+    ts: np.ndarray,
+    dt: float,
+    advance: Callable[[float], None],
+    record: Callable[[], bool],
+    *,
+    step0: int = 0,
+    segment0: int = 0,
+    segment_step0: int = 0,
+    every: int = 0,
+    checkpoint: Callable[[float, int, int, int], None] | None = None,
+    progress: Callable[[float, int], None] | None = None,
+) -> int:
+    """The step schedule shared by :func:`simulate` and :func:`ensemble`.
+
+    Segment ``k`` runs from the previous save time (0 for the first) to ``ts[k]`` in ``m``
+    equal steps, ``m = ceil(span / dt)``; ``advance(h)`` takes one step, ``record()`` stores
+    the save and returns whether to go on. ``checkpoint(t, step, segment, segment_step)`` is
+    called after every ``every``-th step. A run resumed at ``(segment0, segment_step0)`` takes
+    exactly the steps that remained. Returns the number of steps taken in total.
+    """
+    n = step0
+    for k in range(segment0, ts.size):
+        a = 0.0 if k == 0 else float(ts[k - 1])
+        span = float(ts[k]) - a
+        m = math.ceil(span / dt - 1e-12) if span > 0 else 0
+        h = span / m if m else 0.0
+        for j in range(segment_step0 if k == segment0 else 0, m):
+            advance(h)
+            n += 1
+            if progress is not None:
+                progress(a + (j + 1) * h, n)
+            if every and n % every == 0 and checkpoint is not None:
+                checkpoint(a + (j + 1) * h, n, k, j + 1)
+        if not record():
+            break
+    return n
+
+
+def _check_restart(state: ParticleState, dt: float, t_final: float, ts: np.ndarray, shape):
+    if not isinstance(state, ParticleState):
+        raise TypeError(f"restart must be a ParticleState, got {type(state).__name__}")
+    if state.dt != float(dt) or state.t_final != float(t_final):
+        raise CheckpointError("the checkpoint was made with another dt or t_final")
+    if not np.array_equal(state.save_times, ts):
+        raise CheckpointError("the checkpoint was made with other save_times")
+    if state.x is None or state.saved is None or np.shape(state.x) != shape:
+        raise CheckpointError(
+            f"the checkpoint holds tokens of shape {np.shape(state.x)}, this run needs {shape}"
+        )
+    if len(state.saved) != shape[0] or len(state.status) != shape[0]:
+        raise CheckpointError("the checkpoint's records do not fit its runs")
+    if not 0 <= state.segment < ts.size:
+        raise CheckpointError("the checkpoint's segment does not fit the save times")
+
+
+def _check_every(every, callback) -> int:
+    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 0:
+        raise ValueError(f"checkpoint_every must be an int >= 0, got {every!r}")
+    if every and callback is None:
+        raise ValueError("checkpoint_every > 0 needs an on_checkpoint callback")
+    return int(every)
+
+
 def simulate(
     model: SelfAttention,
     x0: np.ndarray,
@@ -86,6 +157,10 @@ def simulate(
     weights: np.ndarray | None = None,
     method: RK4 | Euler = RK4(),
     comm: Any = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[ParticleState], None] | None = None,
+    restart: ParticleState | None = None,
+    progress: Callable[[float, int], None] | None = None,
 ) -> Solution:
     """Integrate the particle system from ``x0`` to ``t_final``.
 
@@ -100,6 +175,12 @@ def simulate(
     weights : (N,) token weights (default ``1/N``), constant in time.
     method : :class:`RK4` (default) or :class:`Euler`.
     comm : an ``mpi4py`` communicator to split the tokens over ranks (default: serial).
+    checkpoint_every : with ``K > 0``, ``on_checkpoint(state)`` is called on every rank after
+        every ``K``-th step with a :class:`~attnflow.checkpoint.ParticleState` (one run).
+    restart : a :class:`~attnflow.checkpoint.ParticleState` of the same run (same ``dt``,
+        ``t_final``, ``save_times``; ``x0`` then only fixes the shape): the integration
+        continues from it and ends bitwise as the uninterrupted one.
+    progress : ``progress(t, step)`` after every step, on every rank.
 
     Returns
     -------
@@ -116,6 +197,9 @@ def simulate(
     ts = _check_times(t_final, dt, save_times)
     if not isinstance(method, (RK4, Euler)):
         raise TypeError(f"method must be RK4() or Euler(), got {method!r}")
+    every = _check_every(checkpoint_every, on_checkpoint)
+    if restart is not None:
+        _check_restart(restart, dt, t_final, ts, (1, n, model.d))
 
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
     lo, hi = _blocks(n, size)[rank]
@@ -137,26 +221,64 @@ def simulate(
         comm.Allgatherv(np.ascontiguousarray(y_local), [y_all, counts])
         return y_all
 
-    xl = x[lo:hi].copy()
-    t = 0.0
-    saved = []
-    n_steps = 0
-    status = Status.SUCCESS
-    for ts_next in ts:
-        span = ts_next - t
-        k = math.ceil(span / dt - 1e-12) if span > 0 else 0
-        h = span / k if k else 0.0
-        for _ in range(k):
-            xl = geo.retract(method.step(field, xl, h))
-            n_steps += 1
-        t = float(ts_next)
-        saved.append(gather(xl))
-        finite = bool(np.all(np.isfinite(saved[-1])))
-        if not finite:
-            status = Status.NONFINITE
+    start = time.perf_counter()
+    run = {"x": x[lo:hi].copy(), "status": Status.SUCCESS}
+    saved: list[np.ndarray] = []
+    step0 = segment0 = segment_step0 = 0
+    wall0 = 0.0
+    if restart is not None:
+        run["x"] = np.array(restart.x[0][lo:hi], dtype=np.float64)
+        saved = list(restart.saved[0])
+        run["status"] = Status(restart.status[0])
+        step0, segment0 = restart.step, restart.segment
+        segment_step0, wall0 = restart.segment_step, restart.wall_time
+
+    def advance(h: float) -> None:
+        run["x"] = geo.retract(method.step(field, run["x"], h))
+
+    def record() -> bool:
+        saved.append(gather(run["x"]))
+        if not np.all(np.isfinite(saved[-1])):
+            run["status"] = Status.NONFINITE
             if rank == 0:
-                logger.warning("non-finite token positions at t=%g; stopping", t)
-            break
+                logger.warning("non-finite token positions at t=%g; stopping", ts[len(saved) - 1])
+            return False
+        return True
+
+    def checkpoint(t: float, step: int, segment: int, segment_step: int) -> None:
+        x_all = gather(run["x"])
+        on_checkpoint(
+            ParticleState(
+                t=t,
+                step=step,
+                segment=segment,
+                segment_step=segment_step,
+                dt=float(dt),
+                t_final=float(t_final),
+                save_times=ts.copy(),
+                x=x_all[None],
+                saved=[np.stack(saved) if saved else np.zeros((0, n, model.d))],
+                status=(run["status"].value,),
+                wall_time=wall0 + time.perf_counter() - start,
+            )
+        )
+
+    if run["status"] is Status.SUCCESS:
+        n_steps = _march(
+            ts,
+            float(dt),
+            advance,
+            record,
+            step0=step0,
+            segment0=segment0,
+            segment_step0=segment_step0,
+            every=every,
+            checkpoint=checkpoint,
+            progress=progress,
+        )
+    else:
+        n_steps = step0
+    status = run["status"]
     if rank == 0:
         logger.debug("simulate: %d tokens, %d steps, status %s", n, n_steps, status.value)
     return Solution(

@@ -1,0 +1,332 @@
+"""Checkpoints: where a solve stands, written atomically, enough to continue it bitwise.
+
+A checkpoint is one ``.npz`` file (numpy only, no pickles) holding a :class:`FieldState`
+(finite elements) or a :class:`ParticleState` (particle runs), plus the resolved run
+configuration as TOML text. Arrays are stored in an order that does not depend on the MPI
+partition (finite element dofs by the mesh's input cell index, particle runs by run index), so
+a run checkpointed on ``p`` ranks continues on ``q``.
+
+Files are written by :func:`write_npz_atomic`: a temporary file in the same directory
+(``name.tmp``), flushed and ``fsync``-ed, then renamed over the target with :func:`os.replace`
+(atomic on POSIX), and the directory is ``fsync``-ed. A reader therefore sees either the
+previous checkpoint or the new one, never a partial file, even if the writer is killed
+(``SIGKILL``) in between.
+
+:class:`CheckpointWriter` names the files ``<kind>-<step:08d>.npz`` in a directory, keeps the
+newest ``keep`` of each kind and is called collectively (rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "CheckpointWriter",
+    "FieldState",
+    "ParticleState",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "read_checkpoint",
+    "rng_states_json",
+    "write_checkpoint",
+    "write_npz_atomic",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Version of the checkpoint layout (bumped on incompatible changes).
+FORMAT_VERSION = 1
+
+_NAME = re.compile(r"^(?P<kind>[a-z]+)-(?P<step>\d{8,})\.npz$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the run it should continue."""
+
+
+@dataclass
+class FieldState:
+    """The state of :meth:`attnflow.fem.MeanFieldSolver.solve` after a time step.
+
+    Attributes
+    ----------
+    t : time reached; step : steps taken; time_step : the TS step size at that point.
+    segment : index of the save time the solve is integrating towards (records of the save
+        times before it are done).
+    dt : the CFL step of the solver (a check: it depends on the mesh and model only).
+    t_final, save_times : the solve's arguments (a resumed solve must use the same).
+    dofs : (n_cells, n_dofs_per_cell) density dofs ordered by the mesh's input cell index
+        (partition-independent). Only on rank 0 when produced by a parallel solve.
+    saved_dofs : (n_recorded, n_cells, n_dofs_per_cell) the dofs at the recorded save times
+        (to rewrite the ParaView files of a resumed run). Rank 0 only, like ``dofs``.
+    t_saved, mass, energy, min_density : (n_recorded,) records of the save times done.
+    weights : (n_recorded, n_points) the recorded densities as weighted point clouds.
+    mass0 : the initial mass; wall_time : seconds spent in ``solve`` so far.
+    """
+
+    t: float
+    step: int
+    time_step: float
+    segment: int
+    dt: float
+    t_final: float
+    save_times: np.ndarray
+    dofs: np.ndarray | None
+    saved_dofs: np.ndarray | None
+    t_saved: np.ndarray
+    mass: np.ndarray
+    energy: np.ndarray
+    min_density: np.ndarray
+    weights: np.ndarray
+    mass0: float
+    wall_time: float = 0.0
+
+    kind = "fem"
+
+
+@dataclass
+class ParticleState:
+    """The state of :func:`attnflow.simulate` / :func:`attnflow.ensemble` after a step.
+
+    Attributes
+    ----------
+    t : time reached; step : steps taken in total.
+    segment : index of the save time being integrated towards; segment_step : steps taken
+        in that segment (the step size of a segment is fixed by its end points and ``dt``,
+        so the time grid of a resumed run is the same as that of an uninterrupted one).
+    dt : the maximal step; t_final, save_times : the arguments of the run.
+    x : (R, N, d) current tokens of every run (R = 1 for :func:`simulate`).
+    saved : R arrays (n_recorded_r, N, d): the tokens at the save times recorded so far.
+    status : R status values (``Status.value``); a run that became non-finite has stopped.
+    seed : the ensemble's seed (``None`` for :func:`simulate`).
+    rng_states : R JSON strings: the state of each run's generator after it drew its initial
+        tokens (the runs draw nothing afterwards; kept to document and check the stream).
+    wall_time : seconds spent so far.
+    """
+
+    t: float
+    step: int
+    segment: int
+    segment_step: int
+    dt: float
+    t_final: float
+    save_times: np.ndarray
+    x: np.ndarray | None
+    saved: list[np.ndarray] | None
+    status: tuple[str, ...]
+    seed: int | None = None
+    rng_states: tuple[str, ...] = field(default=())
+    wall_time: float = 0.0
+
+    kind = "particles"
+
+
+# -- files ----------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover (platforms without directory fds)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_npz_atomic(path: str | Path, **arrays: Any) -> Path:
+    """Write ``arrays`` to ``path`` (``.npz``) atomically: ``path.tmp``, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _state_arrays(state: FieldState | ParticleState, config_text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "format_version": np.int64(FORMAT_VERSION),
+        "kind": np.array(state.kind),
+        "config": np.array(config_text),
+        "t": np.float64(state.t),
+        "step": np.int64(state.step),
+        "segment": np.int64(state.segment),
+        "dt": np.float64(state.dt),
+        "t_final": np.float64(state.t_final),
+        "save_times": np.asarray(state.save_times, dtype=np.float64),
+        "wall_time": np.float64(state.wall_time),
+    }
+    if isinstance(state, FieldState):
+        if state.dofs is None or state.saved_dofs is None:
+            raise CheckpointError("a FieldState without dofs cannot be written (not rank 0?)")
+        out.update(
+            time_step=np.float64(state.time_step),
+            dofs=state.dofs,
+            saved_dofs=state.saved_dofs,
+            t_saved=state.t_saved,
+            mass=state.mass,
+            energy=state.energy,
+            min_density=state.min_density,
+            weights=state.weights,
+            mass0=np.float64(state.mass0),
+        )
+    else:
+        if state.x is None or state.saved is None:
+            raise CheckpointError("a ParticleState without tokens cannot be written (rank 0?)")
+        out.update(
+            segment_step=np.int64(state.segment_step),
+            x=state.x,
+            status=np.array(state.status),
+            seed=np.int64(-1 if state.seed is None else state.seed),
+            rng_states=np.array(state.rng_states if state.rng_states else [""]),
+            n_runs=np.int64(len(state.saved)),
+        )
+        for r, s in enumerate(state.saved):
+            out[f"saved_{r}"] = s
+    return out
+
+
+def write_checkpoint(path: str | Path, state: FieldState | ParticleState, config_text: str = ""):
+    """Write ``state`` (and the run's configuration text) to ``path`` atomically."""
+    return write_npz_atomic(path, **_state_arrays(state, config_text))
+
+
+def read_checkpoint(path: str | Path) -> tuple[FieldState | ParticleState, str]:
+    """Read a checkpoint: ``(state, config_text)``."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    version = int(data.get("format_version", -1))
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version}, this attnflow reads {FORMAT_VERSION}"
+        )
+    kind = str(data["kind"])
+    common = dict(
+        t=float(data["t"]),
+        step=int(data["step"]),
+        segment=int(data["segment"]),
+        dt=float(data["dt"]),
+        t_final=float(data["t_final"]),
+        save_times=data["save_times"],
+        wall_time=float(data["wall_time"]),
+    )
+    if kind == "fem":
+        state: FieldState | ParticleState = FieldState(
+            time_step=float(data["time_step"]),
+            dofs=data["dofs"],
+            saved_dofs=data["saved_dofs"],
+            t_saved=data["t_saved"],
+            mass=data["mass"],
+            energy=data["energy"],
+            min_density=data["min_density"],
+            weights=data["weights"],
+            mass0=float(data["mass0"]),
+            **common,
+        )
+    elif kind == "particles":
+        seed = int(data["seed"])
+        rng = tuple(str(s) for s in data["rng_states"])
+        state = ParticleState(
+            segment_step=int(data["segment_step"]),
+            x=data["x"],
+            saved=[data[f"saved_{r}"] for r in range(int(data["n_runs"]))],
+            status=tuple(str(s) for s in data["status"]),
+            seed=None if seed < 0 else seed,
+            rng_states=() if rng == ("",) else rng,
+            **common,
+        )
+    else:
+        raise CheckpointError(f"checkpoint {path} has unknown kind {kind!r}")
+    return state, str(data["config"])
+
+
+def list_checkpoints(directory: str | Path, kind: str) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the checkpoints of ``kind`` in ``directory``, oldest first."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        m = _NAME.match(p.name)
+        if m and m["kind"] == kind:
+            found.append((int(m["step"]), p))
+    return sorted(found)
+
+
+def latest_checkpoint(directory: str | Path, kind: str) -> Path | None:
+    """The newest checkpoint of ``kind`` in ``directory`` (``None`` if there is none)."""
+    found = list_checkpoints(directory, kind)
+    return found[-1][1] if found else None
+
+
+class CheckpointWriter:
+    """Collective checkpoint callback: ``writer(state)`` on every rank, rank 0 writes.
+
+    Parameters
+    ----------
+    directory : where the files go (created on the first write).
+    kind : ``"fem"`` or ``"particles"`` (the file name prefix).
+    config_text : the resolved configuration stored in every checkpoint.
+    keep : how many of the newest checkpoints of this kind to keep (>= 1).
+    comm : an mpi4py communicator (``None``: serial).
+
+    ``seconds`` accumulates the time spent writing (the checkpoint overhead), ``count`` the
+    number of files written.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        kind: str,
+        *,
+        config_text: str = "",
+        keep: int = 1,
+        comm: Any = None,
+    ) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep!r}")
+        self.directory = Path(directory)
+        self.kind = kind
+        self.config_text = config_text
+        self.keep = int(keep)
+        self.comm = comm
+        self.seconds = 0.0
+        self.count = 0
+
+    def __call__(self, state: FieldState | ParticleState) -> None:
+        start = time.perf_counter()
+        rank = self.comm.rank if self.comm is not None else 0
+        if rank == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / f"{self.kind}-{state.step:08d}.npz"
+            write_checkpoint(path, state, self.config_text)
+            for _, old in list_checkpoints(self.directory, self.kind)[: -self.keep]:
+                old.unlink(missing_ok=True)
+            logger.debug("checkpoint %s (t=%.6g)", path.name, state.t)
+        self.count += 1
+        self.seconds += time.perf_counter() - start
+
+
+def rng_states_json(states: list[dict]) -> tuple[str, ...]:
+    """Bit generator states as JSON strings (ints kept exact)."""
+    return tuple(json.dumps(s, sort_keys=True) for s in states)

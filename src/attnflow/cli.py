@@ -1,0 +1,567 @@
+"""The ``attnflow`` command line: ``run``, ``sweep``, ``mesh``, ``info``.
+
+::
+
+    attnflow run CONFIG.toml [--output DIR] [--set model.beta=4] [--checkpoint-every K]
+    attnflow run --resume RUN_DIR
+    attnflow sweep CONFIG.toml [--output DIR]      # a [sweep] over one parameter
+    attnflow sweep --resume SWEEP_DIR
+    attnflow mesh circle --cells 64 --output circle64.npz [--xdmf]
+    attnflow info [--json]
+
+Every command works the same under ``mpiexec -n K``. Configurations are validated on every
+rank before anything is written; an invalid one prints one line (``ConfigError: key: what is
+allowed``) on rank 0 and exits with status 2. Only rank 0 logs (unless ``--log-all-ranks``)
+and shows a progress bar (unless ``--quiet``). An uncaught error on any rank is logged and
+aborts all ranks (``MPI_Abort``) instead of leaving the others waiting.
+
+The schema of the configuration files is documented in ``docs/config.md``; examples are in
+``examples/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mpi4py import MPI
+
+from attnflow import __version__
+from attnflow.checkpoint import CheckpointError
+from attnflow.config import (
+    Config,
+    ConfigError,
+    apply_override,
+    dumps_toml,
+    load_config,
+    parse_config,
+    parse_override,
+    read_toml,
+)
+from attnflow.logs import add_log_file, configure_logging
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger("attnflow.cli")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+# -- output helpers ----------------------------------------------------------------------------
+def _say(comm, *lines: str, err: bool = False) -> None:
+    """User-facing output, rank 0 only."""
+    if comm.rank == 0:
+        stream = sys.stderr if err else sys.stdout
+        for line in lines:
+            print(line, file=stream)
+        stream.flush()
+
+
+def _agree(comm, error: str | None) -> str | None:
+    """The first error of any rank, on every rank (validation must agree before work)."""
+    if comm.size == 1:
+        return error
+    errors = comm.allgather(error)
+    return next((e for e in errors if e), None)
+
+
+def _check_new_dir(path: Path, *, overwrite: bool, key: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(key, f"{path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise ConfigError(
+                key,
+                f"{path} exists and is not empty (continue it with --resume {path}, or replace "
+                "it with --overwrite)",
+            )
+        if not _made_by_attnflow(path):
+            raise ConfigError(
+                key, f"{path} is not an attnflow run directory: --overwrite will not delete it"
+            )
+
+
+def _made_by_attnflow(path: Path) -> bool:
+    """A run or sweep directory written by attnflow (its configuration's header says so)."""
+    for name in ("config.toml", "sweep.toml"):
+        try:
+            with open(path / name, encoding="utf-8") as f:
+                if f.readline().startswith("# attnflow "):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _prepare_dir(comm, path: Path, *, overwrite: bool) -> None:
+    if comm.rank == 0:
+        if overwrite and path.is_dir():
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+    comm.Barrier()
+
+
+def _overrides(args) -> list[tuple[str, Any]]:
+    out = [parse_override(s) for s in (args.set or [])]
+    if getattr(args, "checkpoint_every", None) is not None:
+        out.append(("checkpoint.every", args.checkpoint_every))
+    return out
+
+
+def _summary_complete(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status") == "complete"
+    except (OSError, ValueError):
+        return False
+
+
+# -- run ---------------------------------------------------------------------------------------
+def _validate_run(args, comm) -> tuple[Config, Path, bool]:
+    overrides = _overrides(args)
+    if args.resume is not None:
+        if args.config is not None:
+            raise ConfigError("--resume", "give either CONFIG or --resume RUN_DIR, not both")
+        if args.output is not None or args.overwrite:
+            raise ConfigError("--resume", "continues RUN_DIR in place: no --output/--overwrite")
+        for k, _ in overrides:
+            if not k.startswith("checkpoint."):
+                raise ConfigError(k, "only checkpoint.* can change when resuming")
+        run_dir = Path(args.resume).expanduser().absolute()
+        path = run_dir / "config.toml"
+        if not path.is_file():
+            raise ConfigError("--resume", f"{run_dir} is not a run directory (no config.toml)")
+        return load_config(path, overrides, output=run_dir), run_dir, True
+    if args.config is None:
+        raise ConfigError("CONFIG", "give a configuration file (or --resume RUN_DIR)")
+    cfg = load_config(args.config, overrides, output=args.output)
+    if cfg.output.directory is None:
+        raise ConfigError("output.directory", "required (or pass --output DIR)")
+    run_dir = Path(cfg.output.directory)
+    _check_new_dir(run_dir, overwrite=args.overwrite, key="output.directory")
+    return cfg, run_dir, False
+
+
+def _run_one(cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool) -> dict:
+    """Write the resolved config (if new or changed) and execute; collective."""
+    from attnflow.runner import execute, write_text_atomic
+
+    text = cfg.to_toml()
+    if comm.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "config.toml"
+        if not path.is_file() or path.read_text() != text:
+            write_text_atomic(path, text)
+    comm.Barrier()
+    handler = add_log_file(run_dir / "run.log") if comm.rank == 0 else None
+    try:
+        if resume:
+            logger.info("resuming %s on %d rank(s)", run_dir, comm.size)
+        else:
+            logger.info("run %s into %s on %d rank(s)", cfg.run.name, run_dir, comm.size)
+        return execute(cfg, run_dir, comm, resume=resume, quiet=quiet)
+    finally:
+        if handler is not None:
+            logging.getLogger("attnflow").removeHandler(handler)
+            handler.close()
+
+
+def _cmd_run(args, comm) -> int:
+    error = None
+    try:
+        cfg, run_dir, resume = _validate_run(args, comm)
+    except ConfigError as e:
+        error = str(e)
+    error = _agree(comm, error)
+    if error:
+        _say(comm, f"ConfigError: {error}", err=True)
+        return EXIT_USAGE
+    if resume and _summary_complete(run_dir):
+        _say(comm, f"{run_dir}: already complete (summary.json); nothing to do")
+        return EXIT_OK
+    if not resume:
+        _prepare_dir(comm, run_dir, overwrite=args.overwrite)
+    try:
+        summary = _run_one(cfg, run_dir, comm, resume=resume, quiet=args.quiet)
+    except CheckpointError as e:
+        _say(comm, f"CheckpointError: {e}", err=True)
+        return EXIT_USAGE
+    if not args.quiet:
+        _say(comm, f"{run_dir}: {summary['status']} ({summary['timings']['total']:.1f}s)")
+    return EXIT_OK
+
+
+# -- sweep -------------------------------------------------------------------------------------
+def _point_name(i: int, parameter: str, value: Any) -> str:
+    leaf = parameter.rpartition(".")[2]
+    v = format(value, "g") if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", f"{i:03d}_{leaf}={v}")[:80]
+
+
+def _sweep_raw(args, comm) -> tuple[dict, Path, bool]:
+    """The sweep's raw table (mesh path absolute, output directory set) and directory."""
+    if args.resume is not None:
+        if args.config is not None or args.output is not None or args.overwrite or args.set:
+            raise ConfigError("--resume", "continues SWEEP_DIR in place: no CONFIG/--output/--set")
+        sweep_dir = Path(args.resume).expanduser().absolute()
+        path = sweep_dir / "sweep.toml"
+        if not path.is_file():
+            raise ConfigError("--resume", f"{sweep_dir} is not a sweep directory (no sweep.toml)")
+        raw = read_toml(path)
+        if isinstance(raw.get("output"), dict):  # the directory may have been moved
+            raw["output"]["directory"] = str(sweep_dir)
+        return raw, sweep_dir, True
+    if args.config is None:
+        raise ConfigError("CONFIG", "give a configuration file (or --resume SWEEP_DIR)")
+    path = Path(args.config)
+    raw = read_toml(path)
+    for k, v in _overrides(args):
+        raw = apply_override(raw, k, v)
+    if "sweep" not in raw:
+        raise ConfigError(
+            "sweep", 'required by attnflow sweep ([sweep] parameter = "model.beta", values = [..])'
+        )
+    if args.output is not None:
+        raw = apply_override(raw, "output.directory", str(Path(args.output).absolute()))
+    mesh = raw.get("mesh")
+    if isinstance(mesh, dict) and isinstance(mesh.get("path"), str):
+        p = Path(mesh["path"]).expanduser()
+        mesh["path"] = str(p if p.is_absolute() else (path.resolve().parent / p).resolve())
+    out = raw.get("output", {})
+    directory = out.get("directory") if isinstance(out, dict) else None
+    if directory is None:
+        raise ConfigError("output.directory", "required (or pass --output DIR)")
+    if not isinstance(directory, str):
+        raise ConfigError("output.directory", f"must be a string, got {directory!r}")
+    sweep_dir = Path(directory).expanduser().absolute()
+    raw["output"]["directory"] = str(sweep_dir)
+    run = raw.setdefault("run", {})
+    if isinstance(run, dict):
+        run.setdefault("name", path.stem)
+    return raw, sweep_dir, False
+
+
+def _validate_sweep(args, comm):
+    raw, sweep_dir, resume = _sweep_raw(args, comm)
+    base = parse_config(raw, allow_sweep=True, sweep_point=True)
+    if not resume:
+        _check_new_dir(sweep_dir, overwrite=args.overwrite, key="output.directory")
+    points = []
+    for i, v in enumerate(base.sweep.values):
+        name = _point_name(i, base.sweep.parameter, v)
+        point = apply_override(raw, base.sweep.parameter, v)
+        point.pop("sweep")
+        point["output"]["directory"] = str(sweep_dir / name)
+        point.setdefault("run", {})["name"] = f"{base.run.name}/{name}"
+        points.append((v, parse_config(point)))
+    return raw, base, sweep_dir, resume, points
+
+
+_CSV_COLUMNS = (
+    "point",
+    "value",
+    "status",
+    "fem_mass_drift",
+    "fem_log_energy_final",
+    "fem_clusters_final",
+    "particles_log_energy_final",
+    "particles_clusters_final_mean",
+    "w1_final_mean",
+    "w1_final_sd",
+    "seconds",
+    "directory",
+)
+
+
+def _csv_row(i: int, value: Any, summary: dict, directory: Path) -> dict[str, Any]:
+    fem = summary.get("fem", {})
+    par = summary.get("particles", {})
+    cmp = summary.get("comparison", {})
+    clusters = fem.get("clusters")
+    return {
+        "point": i,
+        "value": value,
+        "status": summary.get("status", "missing"),
+        "fem_mass_drift": fem.get("mass_drift"),
+        "fem_log_energy_final": fem.get("log_energy_final"),
+        "fem_clusters_final": clusters[-1] if clusters else None,
+        "particles_log_energy_final": par.get("log_energy_final"),
+        "particles_clusters_final_mean": par.get("clusters_final_mean"),
+        "w1_final_mean": cmp.get("w1_final_mean"),
+        "w1_final_sd": cmp.get("w1_final_sd"),
+        "seconds": summary.get("timings", {}).get("total"),
+        "directory": directory.name,
+    }
+
+
+def _write_csv(path: Path, parameter: str, rows: list[dict]) -> None:
+    from attnflow.runner import write_text_atomic
+
+    buf = io.StringIO()
+    cols = [parameter if c == "value" else c for c in _CSV_COLUMNS]
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow(["" if r[c] is None else r[c] for c in _CSV_COLUMNS])
+    write_text_atomic(path, buf.getvalue())
+
+
+def _cmd_sweep(args, comm) -> int:
+    error = None
+    try:
+        raw, base, sweep_dir, resume, points = _validate_sweep(args, comm)
+    except ConfigError as e:
+        error = str(e)
+    error = _agree(comm, error)
+    if error:
+        _say(comm, f"ConfigError: {error}", err=True)
+        return EXIT_USAGE
+    from attnflow.runner import write_text_atomic
+
+    if not resume:
+        _prepare_dir(comm, sweep_dir, overwrite=args.overwrite)
+        if comm.rank == 0:
+            header = f"attnflow sweep over {base.sweep.parameter}: {len(points)} points"
+            write_text_atomic(sweep_dir / "sweep.toml", dumps_toml(raw, header=header))
+        comm.Barrier()
+    rows = []
+    parameter = base.sweep.parameter
+    for i, (value, cfg) in enumerate(points):
+        run_dir = Path(cfg.output.directory)
+        if _summary_complete(run_dir):
+            logger.info("point %d (%s = %r): complete", i, parameter, value)
+            summary = json.loads((run_dir / "summary.json").read_text())
+        else:
+            logger.info("point %d/%d: %s = %r", i + 1, len(points), parameter, value)
+            again = resume and (run_dir / "config.toml").is_file()
+            try:
+                summary = _run_one(cfg, run_dir, comm, resume=again, quiet=args.quiet)
+            except CheckpointError as e:
+                _say(comm, f"CheckpointError: {e}", err=True)
+                return EXIT_USAGE
+        rows.append(_csv_row(i, value, summary, run_dir))
+        if comm.rank == 0:
+            _write_csv(sweep_dir / "summary.csv", parameter, rows)
+    comm.Barrier()
+    if not args.quiet:
+        _say(comm, f"{sweep_dir}: {len(points)} points, table in summary.csv")
+    return EXIT_OK
+
+
+# -- mesh --------------------------------------------------------------------------------------
+def _cmd_mesh(args, comm) -> int:
+    error = None
+    out = Path(args.output).expanduser().absolute()
+    try:
+        if args.kind == "circle" and (args.cells is None or args.cells < 3):
+            raise ConfigError("--cells", f"must be an integer >= 3 for a circle, got {args.cells}")
+        if args.kind == "sphere" and (args.level is None or not 0 <= args.level <= 7):
+            raise ConfigError("--level", f"must be an integer in [0, 7], got {args.level}")
+        if args.kind == "box":
+            if args.cells is None or args.cells < 1:
+                raise ConfigError("--cells", f"must be an integer >= 1 for a box, got {args.cells}")
+            if args.dim not in (1, 2, 3):
+                raise ConfigError("--dim", f"must be 1, 2 or 3, got {args.dim}")
+            if not args.length > 0:
+                raise ConfigError("--length", f"must be > 0, got {args.length}")
+        if out.suffix != ".npz":
+            raise ConfigError("--output", f"must end in .npz, got {out.name}")
+        if not out.parent.is_dir():
+            raise ConfigError("--output", f"no such directory: {out.parent}")
+    except ConfigError as e:
+        error = str(e)
+    error = _agree(comm, error)
+    if error:
+        _say(comm, f"ConfigError: {error}", err=True)
+        return EXIT_USAGE
+    from attnflow.fem.meshfile import load_mesh, mesh_arrays, save_mesh_file
+
+    shape = None
+    if comm.rank == 0:
+        points, cells = mesh_arrays(
+            args.kind, cells=args.cells, level=args.level, dim=args.dim, length=args.length
+        )
+        save_mesh_file(out, points, cells)
+        shape = (points.shape, cells.shape)
+    shape = comm.bcast(shape, root=0)
+    lines = [f"wrote {out}: {shape[0][0]} points in R^{shape[0][1]}, {shape[1][0]} cells"]
+    if args.xdmf:
+        import dolfinx.io
+
+        mesh = load_mesh(out, comm)
+        xdmf = out.with_suffix(".xdmf")
+        with dolfinx.io.XDMFFile(comm, str(xdmf), "w") as f:
+            f.write_mesh(mesh)
+        lines.append(f"wrote {xdmf} (ParaView)")
+    if not args.quiet:
+        _say(comm, *lines)
+    return EXIT_OK
+
+
+# -- info --------------------------------------------------------------------------------------
+def _cmd_info(args, comm) -> int:
+    from attnflow.runner import versions
+
+    v = versions(comm)
+    if args.json:
+        _say(comm, json.dumps(v, indent=2))
+    else:
+        width = max(map(len, v))
+        _say(comm, *(f"{k:<{width}}  {'-' if x is None else x}" for k, x in v.items()))
+    return EXIT_OK
+
+
+# -- parser ------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """Usage, help and errors are printed by rank 0 only (every rank exits the same way)."""
+
+    def _print_message(self, message: str, file=None) -> None:
+        if MPI.COMM_WORLD.rank == 0:
+            super()._print_message(message, file)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``attnflow`` (subcommands run, sweep, mesh, info)."""
+    common = _Parser(add_help=False)
+    g = common.add_argument_group("logging")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    g.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level of rank 0 (default INFO)",
+    )
+    g.add_argument(
+        "--log-all-ranks",
+        action="store_true",
+        help="every MPI rank logs at --log-level (default: only rank 0; others warnings only)",
+    )
+    parser = _Parser(
+        prog="attnflow",
+        description="Mean-field dynamics of self-attention: finite elements and particles.",
+        epilog="Configuration schema: docs/config.md; examples: examples/*.toml. "
+        "Every command runs the same under mpiexec -n K.",
+    )
+    parser.add_argument("--version", action="version", version=f"attnflow {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def run_like(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("config", nargs="?", metavar="CONFIG", help="a TOML configuration")
+        p.add_argument(
+            "--resume",
+            metavar="DIR",
+            help=f"continue the {what} directory DIR from its newest checkpoints",
+        )
+        p.add_argument("-o", "--output", metavar="DIR", help="overrides output.directory")
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override a configuration key (value in TOML syntax), e.g. --set model.beta=4",
+        )
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help=f"replace an existing {what} directory (only one made by attnflow)",
+        )
+
+    p = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the finite element and/or particle solver from a configuration",
+        description="Run the finite element solver, the particle solver, or both with a "
+        "comparison, from one TOML configuration, into a run directory (resolved config, "
+        "summary.json, ParaView files, figures, checkpoints).",
+    )
+    run_like(p, "run")
+    p.add_argument(
+        "--checkpoint-every", type=int, metavar="K", help="overrides checkpoint.every (steps)"
+    )
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "sweep",
+        parents=[common],
+        help="run a configuration for every value of a parameter ([sweep] table)",
+        description="Run one configuration per value of [sweep] parameter (a dotted key such as "
+        "model.beta), one run directory per point, and a summary table summary.csv.",
+    )
+    run_like(p, "sweep")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "mesh",
+        parents=[common],
+        help='generate a mesh file (.npz) for [mesh] type = "file"',
+        description="Generate a mesh (circle S^1, icosphere S^2, box [-L, L]^dim) as an .npz "
+        "file with arrays points and cells, optionally also as XDMF for ParaView.",
+    )
+    p.add_argument("kind", choices=["circle", "sphere", "box"])
+    p.add_argument("--cells", type=int, help="circle: segments; box: cells per direction")
+    p.add_argument("--level", type=int, help="sphere: icosahedron refinements (0-7)")
+    p.add_argument("--dim", type=int, default=2, help="box: dimension (default 2)")
+    p.add_argument("--length", type=float, default=1.0, help="box: half side L (default 1)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.npz", help="the mesh file")
+    p.add_argument("--xdmf", action="store_true", help="also write FILE.xdmf (ParaView)")
+    p.set_defaults(func=_cmd_mesh)
+
+    p = sub.add_parser(
+        "info",
+        parents=[common],
+        help="versions of attnflow, dolfinx, PETSc, MPI and the MPI size",
+        description="Print the versions of attnflow and its stack and the number of MPI ranks.",
+    )
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``attnflow``; returns the exit status (0, 1 on failure, 2 on bad input)."""
+    args = build_parser().parse_args(argv)
+    comm = MPI.COMM_WORLD
+    log = logging.getLogger("attnflow")
+    saved = (log.level, log.propagate, list(log.handlers))
+    configure_logging(
+        comm.rank,
+        level=args.log_level,
+        all_ranks=args.log_all_ranks,
+        quiet=args.quiet,
+        size=comm.size,
+    )
+    try:
+        return int(args.func(args, comm))
+    except KeyboardInterrupt:
+        logger.error("interrupted (rank %d)", comm.rank)
+        if comm.size > 1:
+            comm.Abort(130)
+        return 130
+    except Exception as e:
+        logger.critical(
+            "attnflow %s failed on rank %d: %s: %s",
+            args.command,
+            comm.rank,
+            type(e).__name__,
+            e,
+            exc_info=True,
+        )
+        if comm.size > 1:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            comm.Abort(EXIT_FAILURE)  # one failing rank ends all (none is left waiting)
+        return EXIT_FAILURE
+    finally:
+        for h in list(log.handlers):
+            if h not in saved[2]:
+                log.removeHandler(h)
+                h.close()
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
