@@ -288,20 +288,7 @@ def _run_fem(cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool, tex
         normalize=cfg.initial.normalize,
     )
     setup = time.perf_counter() - start
-    ck_dir = run_dir / RUN_FILES["checkpoints"]
-    restart = None
-    if resume:
-        path = latest_checkpoint(ck_dir, "fem")
-        if path is not None:
-            state, ck_text = read_checkpoint(path)
-            _check_checkpoint_config(path, ck_text, cfg)
-            restart = state
-            logger.info("finite elements: resuming from %s (t=%.6g)", path.name, state.t)
-    writer = None
-    if cfg.checkpoint.every:
-        writer = CheckpointWriter(
-            ck_dir, "fem", config_text=text, keep=cfg.checkpoint.keep, comm=comm
-        )
+    restart, writer = _checkpointing(cfg, run_dir, "fem", comm, resume=resume, text=text)
     n_cells = solver.n_cells_global
     logger.info(
         "finite elements: %d cells, DG%d, %s kernel, dt=%.4g, set-up %.2fs",
@@ -336,6 +323,25 @@ def _run_fem(cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool, tex
     return sol, info
 
 
+def _checkpointing(cfg: Config, run_dir: Path, kind: str, comm, *, resume: bool, text: str):
+    """The state to resume ``kind`` ("fem" or "particles") from (None for a fresh start) and
+    the checkpoint writer (None without checkpoints)."""
+    ck_dir = run_dir / RUN_FILES["checkpoints"]
+    restart = None
+    if resume:
+        path = latest_checkpoint(ck_dir, kind)
+        if path is not None:
+            restart, ck_text = read_checkpoint(path)
+            _check_checkpoint_config(path, ck_text, cfg)
+            logger.info("%s: resuming from %s (t=%.6g)", kind, path.name, restart.t)
+    writer = None
+    if cfg.checkpoint.every:
+        writer = CheckpointWriter(
+            ck_dir, kind, config_text=text, keep=cfg.checkpoint.keep, comm=comm
+        )
+    return restart, writer
+
+
 def _run_particles(cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool, text: str):
     rank = comm.rank
     result = run_dir / RUN_FILES["particles"]
@@ -346,20 +352,7 @@ def _run_particles(cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: boo
     p = cfg.particles
     model = cfg.model.build()
     law = cfg.initial.law(cfg.model.d, cfg.model.sphere)
-    ck_dir = run_dir / RUN_FILES["checkpoints"]
-    restart = None
-    if resume:
-        path = latest_checkpoint(ck_dir, "particles")
-        if path is not None:
-            state, ck_text = read_checkpoint(path)
-            _check_checkpoint_config(path, ck_text, cfg)
-            restart = state
-            logger.info("particles: resuming from %s (t=%.6g)", path.name, state.t)
-    writer = None
-    if cfg.checkpoint.every:
-        writer = CheckpointWriter(
-            ck_dir, "particles", config_text=text, keep=cfg.checkpoint.keep, comm=comm
-        )
+    restart, writer = _checkpointing(cfg, run_dir, "particles", comm, resume=resume, text=text)
     logger.info(
         "particles: %d run(s) of %d tokens, dt=%g, %s, on %d rank(s)",
         p.runs,
