@@ -17,6 +17,7 @@ DEMOS = [
     "demo_circle_clustering.py",
     "demo_convergence.py",
     "demo_gaussian_euclidean.py",
+    "demo_low_temperature.py",
     "demo_sphere_clustering.py",
     "demo_value_spectrum.py",
 ]

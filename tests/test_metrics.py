@@ -116,3 +116,58 @@ def test_fit_slope_recovers_a_power_law():
 
     n = np.array([10.0, 100.0, 1000.0])
     assert fit_slope(n, 3.0 * n**-0.5) == pytest.approx(-0.5, abs=1e-12)
+
+
+def _clustered_angles(rng, centres, per_cluster, width):
+    return np.concatenate([c + width * rng.uniform(-1, 1, per_cluster) for c in centres])
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 45])
+def test_gap_clusters_count_well_separated_clusters_exactly(rng, k):
+    # k clusters of width 2e-3 at spacing 2 pi / k (jittered), one of them across theta = pi.
+    centres = np.pi + 2 * np.pi * (np.arange(k) + 0.2 * rng.uniform(-1, 1, k)) / k
+    th = _clustered_angles(rng, centres, 7, 1e-3)
+    assert metrics.circle_gap_clusters(circle(th), gap=0.02) == k
+    # Relabelling and rotation (random angles, and one that puts a cluster on the cut at pi).
+    for rot in [*rng.uniform(0, 2 * np.pi, 6), np.pi - centres[0]]:
+        assert metrics.circle_gap_clusters(circle(rng.permutation(th) + rot), gap=0.02) == k
+
+
+def test_gap_clusters_weights_min_mass_and_agreement_with_the_histogram(rng):
+    centres = np.array([0.5, 2.0, 4.0, 5.5])
+    th = _clustered_angles(rng, centres, 100, 0.03)
+    assert metrics.circle_gap_clusters(circle(th), gap=0.2) == 4
+    assert metrics.circle_clusters(circle(th)) == 4
+    # A straggler is a cluster of its own unless min_mass drops it.
+    x = circle(np.append(th, 3.0))
+    assert metrics.circle_gap_clusters(x, gap=0.2) == 5
+    assert metrics.circle_gap_clusters(x, gap=0.2, min_mass=0.01) == 4
+    # Zero-weight points do not count; weights set the masses.
+    w = np.ones(401)
+    w[-1] = 0.0
+    assert metrics.circle_gap_clusters(x, w, gap=0.2) == 4
+    w = np.r_[np.full(300, 1.0), np.full(100, 1e-4), 1.0]
+    assert metrics.circle_gap_clusters(x, w, gap=0.2, min_mass=0.001) == 4  # 4th cluster light
+    # A single point, and a uniform cloud denser than the gap, are one cluster; a wider gap
+    # merges neighbouring clusters (the gaps between these clusters are ~1.44, 1.94, 1.44, 1.22;
+    # one wide gap leaves a single arc).
+    assert metrics.circle_gap_clusters(circle(1.0), gap=0.1) == 1
+    assert metrics.circle_gap_clusters(circle(np.linspace(0, 2 * np.pi, 200)), gap=0.1) == 1
+    assert metrics.circle_gap_clusters(circle(th), gap=1.1) == 4
+    assert metrics.circle_gap_clusters(circle(th), gap=1.4) == 3
+    assert metrics.circle_gap_clusters(circle(th), gap=1.6) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"gap": 0.0}, "gap must"),
+        ({"gap": 7.0}, "gap must"),
+        ({"gap": 0.1, "min_mass": 2.0}, "min_mass must"),
+    ],
+)
+def test_gap_clusters_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.circle_gap_clusters(circle(np.array([0.0, 1.0])), **kwargs)
+    with pytest.raises(ValueError, match="points must"):
+        metrics.circle_gap_clusters(np.ones((3, 3)), gap=0.1)

@@ -24,6 +24,7 @@ __all__ = [
     "EXACT_MAX_PAIRS",
     "Distance",
     "circle_clusters",
+    "circle_gap_clusters",
     "circle_histogram",
     "l1_distance",
     "moments",
@@ -202,6 +203,61 @@ def circle_clusters(
             run = 0.0
     count += run >= min_mass
     return int(count)
+
+
+def circle_gap_clusters(
+    points: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    gap: float,
+    min_mass: float = 0.0,
+) -> int:
+    """Number of clusters of a weighted point cloud on ``S^1`` by the gap criterion.
+
+    The angles of the points of positive weight are sorted; every cyclic gap between
+    consecutive angles wider than ``gap`` (radians) separates two clusters, so ``k >= 1`` wide
+    gaps make ``k`` clusters (the arcs between them) and no wide gap makes one. Arcs holding
+    less than ``min_mass`` of the normalised measure are then not counted (``min_mass = 0``
+    counts every arc, a single token included). The count depends only on the multiset of
+    angle differences, so it is invariant under relabelling and under rotation (up to a gap
+    equal to ``gap`` to round-off); it needs no binning, so it resolves clusters closer than any
+    histogram cell and does not need many tokens per cluster (unlike :func:`circle_clusters`).
+
+    For the attention dynamics at inverse temperature ``beta`` the natural choice is
+    ``gap ~ 1/sqrt(beta)``, the width of the kernel ``e^{beta (cos theta - 1)}``: tokens
+    closer than that attract at a rate of order one and merge in a time of order one, while
+    clusters farther apart interact only through ``e^{-beta theta^2/2}`` (see
+    :mod:`attnflow.studies.metastability`).
+
+    Parameters
+    ----------
+    points : (n, 2) points on (or radially projected to) the unit circle.
+    weights : (n,) non-negative weights (default uniform); zero-weight points are ignored.
+    gap : the separating gap, in radians, in ``(0, 2 pi)``.
+    min_mass : smallest mass of a counted cluster, in ``[0, 1]``.
+    """
+    x, w = _normalised(points, weights)
+    if x.shape[1] != 2:
+        raise ValueError(f"points must have shape (n, 2), got {x.shape}")
+    gap = float(gap)
+    if not 0.0 < gap < 2.0 * np.pi:
+        raise ValueError(f"gap must be in (0, 2 pi) radians, got {gap!r}")
+    min_mass = float(min_mass)
+    if not 0.0 <= min_mass <= 1.0:
+        raise ValueError(f"min_mass must be in [0, 1], got {min_mass!r}")
+    keep = w > 0
+    th = np.arctan2(x[keep, 1], x[keep, 0])
+    order = np.argsort(th, kind="stable")
+    th, m = th[order], w[keep][order]
+    # Gap i lies between th[i] and th[i + 1] (cyclically: the last one wraps around).
+    gaps = np.diff(th, append=th[0] + 2.0 * np.pi)
+    wide = np.flatnonzero(gaps > gap)
+    if wide.size <= 1:
+        return int(m.sum() >= min_mass)
+    # Arc j runs from just after wide gap j - 1 to wide gap j (inclusive), cyclically.
+    csum = np.concatenate([[0.0], np.cumsum(m)])
+    masses = np.diff(csum[wide + 1], append=csum[wide[0] + 1] + csum[-1])
+    return int(np.sum(masses >= min_mass))
 
 
 def _icosphere_cells(level: int):

@@ -51,12 +51,24 @@ from scipy.special import ive
 from attnflow.laws import UniformBall
 from attnflow.model import SelfAttention
 from attnflow.studies.convergence import fit_slope
+from attnflow.studies.metastability import (
+    ClusterCountStudy,
+    StaircaseStudy,
+    cluster_count_sweep,
+    energy_staircase,
+    most_unstable_mode,
+)
 
 __all__ = [
+    "ClusterCountStudy",
     "ConcentrationStudy",
     "RadialFlow",
+    "StaircaseStudy",
+    "cluster_count_sweep",
     "concentration_rate",
     "concentration_study",
+    "energy_staircase",
+    "most_unstable_mode",
     "projection_map",
     "radial_mean_field",
     "zero_temperature_flow",
