@@ -368,7 +368,10 @@ def test_resume_on_two_ranks_matches_serial(tmp_path):
     a, b = fem_result(run), fem_result(ref)
     np.testing.assert_allclose(a["dofs"], b["dofs"], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(a["weights"], b["weights"], rtol=1e-12, atol=1e-16)
-    np.testing.assert_array_equal(particle_result(run), particle_result(ref))
+    # Particles: identical in isolation, but after the rest of the suite ran in this process
+    # the serial reference has differed from the 2-rank run by one ulp (seen once in CI): the
+    # issue asks for 1e-12 across rank counts, bitwise on the same count (tested above).
+    np.testing.assert_allclose(particle_result(run), particle_result(ref), rtol=1e-12, atol=1e-15)
 
 
 @serial_only
