@@ -74,6 +74,7 @@ conc = concentration_study(
     n_particles=200 if small else 800,
     dt=0.1 if small else 0.05,
     seed=11,
+    comm=comm,
 )
 if comm.rank == 0:
     for b, f, tf in zip(conc.betas, conc.floor, conc.t_floor, strict=True):

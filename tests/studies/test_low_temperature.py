@@ -125,3 +125,14 @@ def test_projection_map_and_bad_input():
         radial_mean_field(10.0, [1.0, 0.5])
     with pytest.raises(ValueError, match=r"^n_particles"):
         concentration_study([10.0, 100.0], n_particles=1)
+
+
+@pytest.mark.mpi
+def test_concentration_study_is_independent_of_the_rank_count(comm):
+    """The betas are dealt over the ranks: every rank returns the serial study, bitwise."""
+    kw = dict(t_final=2.0, n_times=5, n_radial=60, n_particles=40, dt=0.1, seed=2)
+    betas = [10.0, 100.0, 1e3]
+    par = concentration_study(betas, comm=comm, **kw)
+    ser = concentration_study(betas, **kw)
+    for name in ("to_limit", "to_flow", "zero_temperature", "floor", "particles_to_limit"):
+        np.testing.assert_array_equal(getattr(par, name), getattr(ser, name))

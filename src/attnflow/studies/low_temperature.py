@@ -43,6 +43,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.integrate import solve_ivp
@@ -244,6 +245,7 @@ def concentration_study(
     n_particles: int = 0,
     dt: float = 0.02,
     seed: int = 0,
+    comm: Any = None,
 ) -> ConcentrationStudy:
     """Sweep beta: distance of the finite-beta flow to the zero-temperature reference.
 
@@ -257,6 +259,9 @@ def concentration_study(
     n_particles : also run the particle solver with this many tokens (0: no), RK4 step ``dt``,
         tokens drawn from ``UniformBall(d)`` with ``seed``; distances by exact optimal
         transport (POT) to the projected samples.
+    comm : an ``mpi4py`` communicator: the betas are dealt over its ranks (each beta is
+        computed whole on one rank), and every rank returns the same, complete study, equal to
+        the serial one (default: serial).
     """
     b = np.asarray(betas, dtype=float)
     if b.ndim != 1 or b.size < 2 or not np.all(np.isfinite(b)) or np.any(b <= 0):
@@ -272,28 +277,33 @@ def concentration_study(
     if np.count_nonzero(b >= fit_from) < 2:
         raise ValueError(f"fit_from must leave at least two betas to fit, got {fit_from!r}")
     t = np.linspace(0.0, t_final, n_times)
-    to_limit = np.empty((b.size, t.size))
-    to_flow = np.empty_like(to_limit)
-    zero = None
-    for k, beta in enumerate(b):
-        flow = radial_mean_field(beta, t, d=d, n=n_radial)
-        to_limit[k] = flow.distance_to_limit()
+    rank, size = (0, 1) if comm is None else (comm.rank, comm.size)
+    mine = {}
+    x0 = UniformBall(d).sample(n_particles, np.random.default_rng(seed)) if n_particles else None
+    for k in range(rank, b.size, size):
+        flow = radial_mean_field(b[k], t, d=d, n=n_radial)
         r_inf = 1.0 - np.exp(-t)[:, None] * (1.0 - flow.r[0][None, :])
-        to_flow[k] = flow.distance_to(r_inf)
-        if zero is None:
-            zero = np.sqrt(((1.0 - r_inf) ** 2) @ flow.w)
+        mine[k] = (
+            flow.distance_to_limit(),
+            flow.distance_to(r_inf),
+            np.sqrt(((1.0 - r_inf) ** 2) @ flow.w),
+            None if x0 is None else _particle_distances(b[k], t, x0, dt),
+        )
         logger.info(
             "beta=%g: closest approach %.3e at t=%.2f",
-            beta,
-            to_limit[k].min(),
-            t[to_limit[k].argmin()],
+            b[k],
+            mine[k][0].min(),
+            t[mine[k][0].argmin()],
         )
+    if comm is not None:
+        mine = {k: v for part in comm.allgather(mine) for k, v in part.items()}
+    to_limit = np.stack([mine[k][0] for k in range(b.size)])
+    to_flow = np.stack([mine[k][1] for k in range(b.size)])
+    zero = mine[0][2]
+    particles = None if x0 is None else np.stack([mine[k][3] for k in range(b.size)])
     floor = to_limit.min(axis=1)
     t_floor = t[to_limit.argmin(axis=1)]
     fit = b >= fit_from
-    particles = None
-    if n_particles:
-        particles = _particle_distances(b, t, d, n_particles, dt, seed)
     return ConcentrationStudy(
         betas=b,
         t=t,
@@ -311,18 +321,12 @@ def concentration_study(
     )
 
 
-def _particle_distances(
-    betas: np.ndarray, t: np.ndarray, d: int, n: int, dt: float, seed: int
-) -> np.ndarray:
+def _particle_distances(beta: float, t: np.ndarray, x0: np.ndarray, dt: float) -> np.ndarray:
+    """W2 (T,) between the particle flow from ``x0`` (N, d) and ``T`` of the same tokens."""
     from attnflow.metrics import wasserstein
     from attnflow.particles import simulate
 
-    x0 = UniformBall(d).sample(n, np.random.default_rng(seed))
+    model = SelfAttention(x0.shape[1], beta=float(beta), sphere=False, centered=True)
+    sol = simulate(model, x0, float(t[-1]), dt=dt, save_times=t)
     limit = projection_map(x0)
-    out = np.empty((betas.size, t.size))
-    for k, beta in enumerate(betas):
-        model = SelfAttention(d, beta=float(beta), sphere=False, centered=True)
-        sol = simulate(model, x0, float(t[-1]), dt=dt, save_times=t)
-        for j in range(t.size):
-            out[k, j] = wasserstein(sol.x[j], None, limit, None, p=2).value
-    return out
+    return np.array([wasserstein(sol.x[j], None, limit, None, p=2).value for j in range(t.size)])
