@@ -52,6 +52,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/kernel_throughput.py
+	$(PY) benchmarks/fem_step.py
+	$(PY) benchmarks/low_temperature.py
 
 clean:
 	rm -rf $(VENV) demos/output
