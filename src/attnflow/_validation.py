@@ -6,7 +6,14 @@ import math
 
 import numpy as np
 
-__all__ = ["as_points", "as_weights", "check_matrix", "check_positive"]
+__all__ = [
+    "as_points",
+    "as_weights",
+    "check_betas",
+    "check_int",
+    "check_matrix",
+    "check_positive",
+]
 
 
 def check_positive(name: str, value: float, *, allow_inf: bool = False) -> float:
@@ -19,6 +26,26 @@ def check_positive(name: str, value: float, *, allow_inf: bool = False) -> float
         allowed = "> 0 or math.inf" if allow_inf else "finite and > 0"
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return v
+
+
+def check_int(name: str, value: object, lo: int) -> int:
+    """Return ``value`` as int if it is an integer (not a bool) ``>= lo``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    return int(value)
+
+
+def check_betas(betas: object) -> np.ndarray:
+    """A sweep of inverse temperatures: a non-empty 1-D float array of finite values > 0."""
+    try:
+        b = np.asarray(betas, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise ValueError(f"betas must be a sequence of numbers, got {betas!r}") from None
+    if b.size == 0:
+        raise ValueError("betas must be a non-empty sequence of finite numbers > 0")
+    if not np.all(np.isfinite(b)) or np.any(b <= 0):
+        raise ValueError(f"betas must be finite and > 0, got {b.tolist()}")
+    return b
 
 
 def check_matrix(name: str, m: object, d: int) -> np.ndarray:

@@ -49,6 +49,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 from scipy.special import ive
 
+from attnflow._validation import check_betas, check_int, check_positive
 from attnflow.laws import UniformBall
 from attnflow.model import SelfAttention
 from attnflow.studies.convergence import fit_slope
@@ -172,10 +173,8 @@ def radial_mean_field(
     Returns a :class:`RadialFlow`. Each radius moves with ``m(r) - r`` (module docstring);
     radii keep their order (a 1-D flow), so the weighted radii are the radial law at all times.
     """
-    if not (np.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta must be finite and > 0, got {beta!r}")
-    if isinstance(d, bool) or not isinstance(d, int) or d < 2:
-        raise ValueError(f"d must be an int >= 2, got {d!r}")
+    beta = check_positive("beta", beta)
+    d = check_int("d", d, 2)
     t = np.asarray(times, dtype=float)
     if t.ndim != 1 or t.size == 0 or t[0] < 0 or np.any(np.diff(t) <= 0):
         raise ValueError("times must be a non-empty increasing sequence of times >= 0")
@@ -263,15 +262,11 @@ def concentration_study(
         computed whole on one rank), and every rank returns the same, complete study, equal to
         the serial one (default: serial).
     """
-    b = np.asarray(betas, dtype=float)
-    if b.ndim != 1 or b.size < 2 or not np.all(np.isfinite(b)) or np.any(b <= 0):
-        raise ValueError("betas must hold at least two finite values > 0")
-    if np.any(np.diff(b) <= 0):
-        raise ValueError("betas must be increasing")
-    if not (np.isfinite(t_final) and t_final > 0):
-        raise ValueError(f"t_final must be finite and > 0, got {t_final!r}")
-    if n_times < 2:
-        raise ValueError(f"n_times must be >= 2, got {n_times!r}")
+    b = check_betas(betas)
+    if b.size < 2 or np.any(np.diff(b) <= 0):
+        raise ValueError(f"betas must hold at least two increasing values, got {b.tolist()}")
+    t_final = check_positive("t_final", t_final)
+    n_times = check_int("n_times", n_times, 2)
     if n_particles < 0 or (0 < n_particles < 2):
         raise ValueError(f"n_particles must be 0 (no particles) or >= 2, got {n_particles!r}")
     if np.count_nonzero(b >= fit_from) < 2:

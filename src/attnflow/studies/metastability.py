@@ -94,6 +94,7 @@ from scipy.optimize import brentq
 from scipy.special import ive
 
 from attnflow import metrics
+from attnflow._validation import check_betas, check_int, check_positive
 from attnflow.laws import UniformSphere
 from attnflow.model import SelfAttention
 from attnflow.particles.ensemble import ensemble
@@ -113,35 +114,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-# -- checks ----------------------------------------------------------------------------------
-def _betas(betas: Sequence[float]) -> np.ndarray:
-    try:
-        b = np.asarray(betas, dtype=float).ravel()
-    except (TypeError, ValueError):
-        raise ValueError(f"betas must be a sequence of numbers, got {betas!r}") from None
-    if b.size == 0:
-        raise ValueError("betas must be a non-empty sequence of finite numbers > 0")
-    if not np.all(np.isfinite(b)) or np.any(b <= 0):
-        raise ValueError(f"betas must be finite and > 0, got {b.tolist()}")
-    return b
-
-
-def _int(name: str, value: Any, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-    return int(value)
-
-
-def _pos(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
-
-
 # -- linear theory ---------------------------------------------------------------------------
 def most_unstable_mode(beta: float) -> tuple[int, float]:
     """The most unstable Fourier mode of the uniform law on ``S^1`` (SA, Q = K = V = I).
@@ -150,7 +122,7 @@ def most_unstable_mode(beta: float) -> tuple[int, float]:
     ``lambda_n = n^2 I_n(beta) / (beta I_0(beta))`` (``scipy.special.ive``, so any beta) and the
     rate itself; ``n* ~ sqrt(2 beta)`` and ``lambda_{n*} -> 2/e`` as beta grows.
     """
-    beta = _pos("beta", beta)
+    beta = check_positive("beta", beta)
     n = np.arange(1, max(16, math.ceil(6.0 * math.sqrt(2.0 * beta))) + 1)
     lam = n**2 * ive(n, beta) / (beta * ive(0, beta))
     k = int(np.argmax(lam))
@@ -223,12 +195,12 @@ def cluster_count_sweep(
     -------
     :class:`ClusterCountStudy`.
     """
-    b = _betas(betas)
-    n_tokens = _int("n_tokens", n_tokens, 2)
-    n_runs = _int("n_runs", n_runs, 1)
-    time_factor = _pos("time_factor", time_factor)
-    gap_factor = _pos("gap_factor", gap_factor)
-    dt = _pos("dt", dt)
+    b = check_betas(betas)
+    n_tokens = check_int("n_tokens", n_tokens, 2)
+    n_runs = check_int("n_runs", n_runs, 1)
+    time_factor = check_positive("time_factor", time_factor)
+    gap_factor = check_positive("gap_factor", gap_factor)
+    dt = check_positive("dt", dt)
     law = UniformSphere(2)
     counts, n_star, rates, t_count, gaps = [], [], [], [], []
     for beta in b:
@@ -292,8 +264,8 @@ def pair_merge_time(beta: float, theta: float, threshold: float) -> float:
     ``int_threshold^theta (1 + e^{beta (1 - cos u)}) / (2 sin u) du`` (adaptive quadrature;
     0 if ``theta <= threshold``). Requires ``0 < threshold`` and ``theta < pi``.
     """
-    beta = _pos("beta", beta)
-    theta, threshold = float(theta), _pos("threshold", threshold)
+    beta = check_positive("beta", beta)
+    theta, threshold = float(theta), check_positive("threshold", threshold)
     if not theta < np.pi:
         raise ValueError(f"theta must be < pi, got {theta!r}")
     if theta <= threshold:
@@ -318,7 +290,7 @@ def default_gaps(n_tokens: int) -> np.ndarray:
     from one another, so the later merges are one at a time too; for 6 tokens the steps are
     spread evenly over ``s = 0 ... 2.4`` (a search over the orderings of these gaps).
     """
-    n_tokens = _int("n_tokens", n_tokens, 2)
+    n_tokens = check_int("n_tokens", n_tokens, 2)
     if n_tokens == 2:
         return np.array([0.6])
     g = np.linspace(0.4, 0.8, n_tokens - 1)
@@ -511,14 +483,14 @@ def energy_staircase(
     -------
     :class:`StaircaseStudy`.
     """
-    b = _betas(betas)
-    n_tokens = _int("n_tokens", n_tokens, 2)
+    b = check_betas(betas)
+    n_tokens = check_int("n_tokens", n_tokens, 2)
     g = default_gaps(n_tokens) if gaps is None else np.asarray(gaps, dtype=float).ravel()
     if g.shape != (n_tokens - 1,) or not np.all(np.isfinite(g)) or np.any(g <= 0):
         raise ValueError(f"gaps must hold n_tokens - 1 = {n_tokens - 1} finite numbers > 0")
-    s_final = _pos("s_final", s_final)
-    n_save = _int("n_save", n_save, 2)
-    rtol, atol = _pos("rtol", rtol), _pos("atol", atol)
+    s_final = check_positive("s_final", s_final)
+    n_save = check_int("n_save", n_save, 2)
+    rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     s = np.linspace(0.0, s_final, n_save)
     w = np.full(n_tokens, 1.0 / n_tokens)
     res: dict[str, list] = {k: [] for k in ("ref", "thr", "tref", "t", "th", "le", "nc", "mt")}
