@@ -18,7 +18,7 @@ from attnflow.laws import (
 )
 from attnflow.model import SelfAttention
 from attnflow.particles import RK4, EnsembleSolution, Euler, ensemble, simulate
-from attnflow.solution import Solution, Status
+from attnflow.solutions import Solution, Status
 
 __version__ = "0.1.0"
 

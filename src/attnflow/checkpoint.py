@@ -18,16 +18,16 @@ newest ``keep`` of each kind and is called collectively (rank 0 writes).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from attnflow.io import write_npz_atomic
+from attnflow.states import CheckpointError, FieldState, ParticleState, rng_states_json
 
 __all__ = [
     "FORMAT_VERSION",
@@ -51,114 +51,7 @@ FORMAT_VERSION = 1
 _NAME = re.compile(r"^(?P<kind>[a-z]+)-(?P<step>\d{8,})\.npz$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the run it should continue."""
-
-
-@dataclass
-class FieldState:
-    """The state of :meth:`attnflow.fem.MeanFieldSolver.solve` after a time step.
-
-    Attributes
-    ----------
-    t : time reached; step : steps taken; time_step : the TS step size at that point.
-    segment : index of the save time the solve is integrating towards (records of the save
-        times before it are done).
-    dt : the CFL step of the solver (a check: it depends on the mesh and model only).
-    t_final, save_times : the solve's arguments (a resumed solve must use the same).
-    dofs : (n_cells, n_dofs_per_cell) density dofs ordered by the mesh's input cell index
-        (partition-independent). Only on rank 0 when produced by a parallel solve.
-    saved_dofs : (n_recorded, n_cells, n_dofs_per_cell) the dofs at the recorded save times
-        (to rewrite the ParaView files of a resumed run). Rank 0 only, like ``dofs``.
-    t_saved, mass, energy, min_density : (n_recorded,) records of the save times done.
-    weights : (n_recorded, n_points) the recorded densities as weighted point clouds.
-    mass0 : the initial mass; wall_time : seconds spent in ``solve`` so far.
-    """
-
-    t: float
-    step: int
-    time_step: float
-    segment: int
-    dt: float
-    t_final: float
-    save_times: np.ndarray
-    dofs: np.ndarray | None
-    saved_dofs: np.ndarray | None
-    t_saved: np.ndarray
-    mass: np.ndarray
-    energy: np.ndarray
-    min_density: np.ndarray
-    weights: np.ndarray
-    mass0: float
-    wall_time: float = 0.0
-
-    kind = "fem"
-
-
-@dataclass
-class ParticleState:
-    """The state of :func:`attnflow.simulate` / :func:`attnflow.ensemble` after a step.
-
-    Attributes
-    ----------
-    t : time reached; step : steps taken in total.
-    segment : index of the save time being integrated towards; segment_step : steps taken
-        in that segment (the step size of a segment is fixed by its end points and ``dt``,
-        so the time grid of a resumed run is the same as that of an uninterrupted one).
-    dt : the maximal step; t_final, save_times : the arguments of the run.
-    x : (R, N, d) current tokens of every run (R = 1 for :func:`simulate`).
-    saved : R arrays (n_recorded_r, N, d): the tokens at the save times recorded so far.
-    status : R status values (``Status.value``); a run that became non-finite has stopped.
-    seed : the ensemble's seed (``None`` for :func:`simulate`).
-    rng_states : R JSON strings: the state of each run's generator after it drew its initial
-        tokens (the runs draw nothing afterwards; kept to document and check the stream).
-    wall_time : seconds spent so far.
-    """
-
-    t: float
-    step: int
-    segment: int
-    segment_step: int
-    dt: float
-    t_final: float
-    save_times: np.ndarray
-    x: np.ndarray | None
-    saved: list[np.ndarray] | None
-    status: tuple[str, ...]
-    seed: int | None = None
-    rng_states: tuple[str, ...] = field(default=())
-    wall_time: float = 0.0
-
-    kind = "particles"
-
-
 # -- files ----------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover (platforms without directory fds)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_npz_atomic(path: str | Path, **arrays: Any) -> Path:
-    """Write ``arrays`` to ``path`` (``.npz``) atomically: ``path.tmp``, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
-
-
 def _state_arrays(state: FieldState | ParticleState, config_text: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "format_version": np.int64(FORMAT_VERSION),
@@ -325,8 +218,3 @@ class CheckpointWriter:
             logger.debug("checkpoint %s (t=%.6g)", path.name, state.t)
         self.count += 1
         self.seconds += time.perf_counter() - start
-
-
-def rng_states_json(states: list[dict]) -> tuple[str, ...]:
-    """Bit generator states as JSON strings (ints kept exact)."""
-    return tuple(json.dumps(s, sort_keys=True) for s in states)

@@ -1,4 +1,10 @@
-"""Writing particle clouds for ParaView (the finite element output lives in ``attnflow.fem``).
+"""Files: atomic ``.npz`` writing (solutions, checkpoints) and particle clouds for ParaView.
+
+``write_npz_atomic`` writes a temporary file in the same directory, flushes and ``fsync``-s it,
+renames it over the target with :func:`os.replace` (atomic on POSIX) and ``fsync``-s the
+directory: a reader sees the old file or the new one, never a partial one, even if the writer
+is killed. ``read_npz`` reads such a file without pickles and names the file in its errors.
+The finite element output (XDMF, VTX) lives in ``attnflow.fem``.
 
 ``write_point_cloud_series`` writes one VTK XML PolyData file (``.vtp``, binary-free ASCII, no
 VTK dependency) per time and a ``.pvd`` collection that ParaView (and pyvista) open as a time
@@ -8,11 +14,60 @@ Call it on one rank (the clouds are the same on every rank).
 
 from __future__ import annotations
 
+import os
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["write_point_cloud_series"]
+__all__ = ["read_npz", "write_npz_atomic", "write_point_cloud_series"]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover (platforms without directory fds)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_npz_atomic(path: str | Path, **arrays: Any) -> Path:
+    """Write ``arrays`` to ``path`` (``.npz``) atomically: ``path.tmp``, fsync, rename.
+
+    Returns the path. The temporary file is removed if writing fails.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` file (no pickles), read eagerly.
+
+    Raises ``ValueError`` naming the file when it is missing, truncated or not an ``.npz``.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise ValueError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
 
 
 def _vtp(points: np.ndarray, weights: np.ndarray) -> str:

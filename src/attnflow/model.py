@@ -20,22 +20,24 @@ their weights (evenly for equal weights).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from attnflow._validation import as_points, as_weights, check_matrix, check_positive
-from attnflow.geometry import Geometry, euclidean, sphere
+from attnflow.cloud import Cloud
+from attnflow.dynamics import KernelTerm, Sum
 from attnflow.kernels import kernel_sums
+from attnflow.validation import check_matrix, check_positive
 
-__all__ = ["SelfAttention"]
+__all__ = ["MultiHead", "SelfAttention"]
 
 # exp(709.78) is the largest finite float64.
 _LOG_MAX = 709.0
 
 
 @dataclass(frozen=True)
-class SelfAttention:
+class SelfAttention(KernelTerm):
     """Self-attention dynamics of tokens in ``R^d`` or on ``S^{d-1}``.
 
     Parameters
@@ -50,7 +52,8 @@ class SelfAttention:
         field stays O(1) at any ``beta`` (without it, it grows like ``e^{beta}``).
     centered : use ``V (y - x)`` instead of ``V y`` in the attention average (see above).
 
-    The instance is immutable; matrices are stored as read-only float64 arrays.
+    The instance is immutable; matrices are stored as read-only float64 arrays. It is one term
+    of a :class:`~attnflow.dynamics.Dynamics` (``SelfAttention(...) + other`` is a sum).
     """
 
     d: int
@@ -62,7 +65,6 @@ class SelfAttention:
     sphere: bool = True
     rescale_usa: bool = False
     centered: bool = False
-    geometry: Geometry = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         d = self.d
@@ -87,7 +89,6 @@ class SelfAttention:
         set_(self, "normalized", bool(self.normalized))
         set_(self, "sphere", bool(self.sphere))
         set_(self, "centered", bool(self.centered))
-        set_(self, "geometry", sphere() if self.sphere else euclidean())
 
     # -- helpers -------------------------------------------------------------------------------
     @property
@@ -95,58 +96,29 @@ class SelfAttention:
         """Whether this is the zero-temperature (``beta = inf``) model."""
         return math.isinf(self.beta)
 
-    def _scores_in(self, x: np.ndarray) -> np.ndarray:
-        # beta Q x, row-wise; einsum (not BLAS) so a row's bits do not depend on how many rows
-        # are transformed at once: serial and MPI runs then agree bitwise.
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """(n, d) target vectors ``beta Q x`` (``Q x`` for hardmax) of the points ``x`` (n, d)."""
+        # einsum (not BLAS) so a row's bits do not depend on how many rows are transformed at
+        # once: serial and MPI runs then agree bitwise.
         a = np.einsum("ij,kj->ik", x, self.Q)
         return a if self.hardmax else self.beta * a
 
-    def _sources(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def sources(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(K y, V y)`` of the source points ``y`` (n, d), each (n, d)."""
         return np.einsum("ij,kj->ik", y, self.K), np.einsum("ij,kj->ik", y, self.V)
 
-    def _check(self, targets, sources, weights):
-        x = as_points("targets", targets, self.d, on_sphere=self.sphere)
-        y = as_points("sources", sources, self.d, on_sphere=self.sphere)
-        w = as_weights("weights", weights, y.shape[0])
-        if y.shape[0] == 0 or not np.any(w > 0):
-            raise ValueError("weights must have a positive entry (the measure has zero mass)")
-        return x, y, w
-
-    # -- the velocity field --------------------------------------------------------------------
-    def velocity(
-        self, targets: np.ndarray, sources: np.ndarray, weights: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Velocity field of ``sum_j weights[j] delta_{sources[j]}`` at the targets.
-
-        Parameters
-        ----------
-        targets : (n_t, d) points where the field is evaluated.
-        sources : (n_s, d) support of the measure.
-        weights : (n_s,) non-negative weights (default ``1/n_s``; SA does not depend on their
-            total, USA is linear in it).
-
-        Returns
-        -------
-        (n_t, d) velocities (tangent to the sphere at each target when ``sphere``).
-        """
-        x, y, w = self._check(targets, sources, weights)
-        return self._velocity(x, y, w)
-
-    def _velocity(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-        b, v = self._sources(y)
-        s = kernel_sums(self._scores_in(x), b, v, w, hardmax=self.hardmax)
-        return self._field(x, s.shift, s.den, s.num)
-
-    def _field(
+    def field(
         self,
         x: np.ndarray,
         shift: np.ndarray,
         den: np.ndarray,
         num: np.ndarray,
+        *,
         tiny: float = 0.0,
     ) -> np.ndarray:
-        """The velocity at the targets ``x`` (n, d) from the kernel sums (shift (n,), den (n,),
-        num (n, d)); the one place the sums become a field, for particles and finite elements.
+        """The ambient velocity at the targets ``x`` (n, d) from the kernel sums (shift (n,),
+        den (n,), num (n, d)); the one place the sums become a field, for particles and finite
+        elements. The tangent projection is the geometry's (:meth:`evaluate`).
 
         SA targets with ``den <= tiny`` (an underflowed kernel) get the velocity 0.
         """
@@ -167,26 +139,42 @@ class SelfAttention:
             if self.centered:
                 f = num - den[:, None] * np.einsum("ij,kj->ik", x, self.V)
             f = np.exp(np.minimum(log_scale, _LOG_MAX))[:, None] * f
-        return self.geometry.project(x, f)
+        return f
+
+    def speed_bound(self, radius: float, mass: float = 1.0) -> float:
+        """``|V|_2 (1 + c) R`` (SA: a convex combination of ``V (y - c x)``); USA:
+        ``mass |V|_2 (1 + c) R e^{beta R^2 |Q^T K|_2 - s}`` (``s = beta`` with
+        ``rescale_usa``), capped at ``e^700``."""
+        # |V (y - c x)| <= |V| (1 + c) R with c = 1 for the centered form.
+        vnorm = float(np.linalg.norm(self.V, 2)) * (2.0 if self.centered else 1.0)
+        if self.normalized:
+            return vnorm * radius
+        qk = float(np.linalg.norm(self.Q.T @ self.K, 2))
+        c = self.beta if self.rescale_usa else 0.0
+        return mass * vnorm * radius * math.exp(min(self.beta * radius * radius * qk - c, 700.0))
 
     # -- the interaction energy ----------------------------------------------------------------
-    def log_energy(self, points: np.ndarray, weights: np.ndarray | None = None) -> float:
+    @property
+    def has_energy(self) -> bool:
+        return not self.hardmax
+
+    def log_energy(self, points: np.ndarray | Cloud, weights: np.ndarray | None = None) -> float:
         """``log E`` with ``E = (1/2 beta) sum_ij w_i w_j e^{beta <Q x_i, K x_j>}``.
 
-        Computed by log-sum-exp, so it is finite even where ``E`` itself overflows (beta = 1e4).
-        With ``rescale_usa`` the kernel carries the same ``e^{-beta}`` factor as the field.
+        ``points`` (n, d) with ``weights`` (n,) (default ``1/n``; on the sphere to 1e-8 when
+        ``sphere``), or a :class:`~attnflow.cloud.Cloud` (taken as it is: e.g. the quadrature
+        points of a faceted sphere mesh). Computed by log-sum-exp, so it is finite even where
+        ``E`` itself overflows (beta = 1e4). With ``rescale_usa`` the kernel carries the same
+        ``e^{-beta}`` factor as the field.
         """
         if self.hardmax:
             raise ValueError("beta must be finite for the energy (it is 1/(2 beta) sum e^...)")
-        x = as_points("points", points, self.d, on_sphere=self.sphere)
-        w = as_weights("weights", weights, x.shape[0])
+        cloud = self.as_cloud(points, weights)
+        x, w = cloud.points, cloud.weights
         if not np.any(w > 0):
             raise ValueError("weights must have a positive entry (the measure has zero mass)")
-        return self._log_energy(x, w)
-
-    def _log_energy(self, x: np.ndarray, w: np.ndarray) -> float:
-        b, _ = self._sources(x)
-        s = kernel_sums(self._scores_in(x), b, np.zeros((x.shape[0], 0)), w)
+        b, _ = self.sources(x)
+        s = kernel_sums(self.scores(x), b, np.zeros((x.shape[0], 0)), w)
         pos = w > 0
         terms = np.log(w[pos]) + s.shift[pos] + np.log(s.den[pos])
         top = terms.max()
@@ -204,3 +192,51 @@ class SelfAttention:
         """
         le = self.log_energy(points, weights)
         return math.inf if le > _LOG_MAX else math.exp(le)
+
+
+class MultiHead(Sum):
+    """Multi-head self-attention: the sum of H attention heads, optionally with an output
+    matrix.
+
+    Parameters
+    ----------
+    heads : H :class:`SelfAttention` heads in the same space, each with its own ``beta``,
+        ``Q``, ``K``, ``V``, SA or USA.
+    output : optional (d, d) output matrix ``W_O``: the field is
+        ``P_x W_O sum_h F_h = P_x sum_h F_h(V_h -> W_O V_h)`` (each head's field is linear in
+        its value matrix, so ``W_O`` is folded into the values).
+
+    A :class:`MultiHead` of one head and no output is that head (the same field, bitwise).
+    """
+
+    def __init__(self, heads: Sequence[SelfAttention], output: np.ndarray | None = None) -> None:
+        heads = tuple(heads)
+        if not heads:
+            raise ValueError("heads must hold at least one SelfAttention")
+        for h in heads:
+            if not isinstance(h, SelfAttention):
+                raise TypeError(f"heads must be SelfAttention, got {type(h).__name__}")
+        d = heads[0].d
+        if output is None:
+            folded = heads
+            out = None
+        else:
+            out = check_matrix("output", output, d)
+            folded = tuple(replace(h, V=out @ h.V) for h in heads)
+        super().__init__(*folded)
+        self._heads = heads
+        self._output = out
+
+    @property
+    def heads(self) -> tuple[SelfAttention, ...]:
+        """The heads as given (before the output matrix is folded in)."""
+        return self._heads
+
+    @property
+    def output(self) -> np.ndarray | None:
+        """The output matrix, or ``None``."""
+        return self._output
+
+    def __repr__(self) -> str:
+        out = "" if self._output is None else ", output=..."
+        return f"MultiHead({list(self._heads)!r}{out})"

@@ -43,7 +43,7 @@ from attnflow.checkpoint import (
 from attnflow.config import Config
 from attnflow.logs import Progress
 from attnflow.particles import RK4, EnsembleSolution, Euler, ensemble
-from attnflow.solution import Status
+from attnflow.solutions import Status
 
 __all__ = ["RUN_FILES", "execute", "versions", "write_text_atomic"]
 

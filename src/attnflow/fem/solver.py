@@ -39,11 +39,11 @@ import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from attnflow.checkpoint import CheckpointError, FieldState
 from attnflow.fem.attention import AttentionVelocity, DenseKernel, RecomputedKernel, SparseKernel
 from attnflow.fem.transport import cell_quadrature, transport_form
 from attnflow.laws import Law
 from attnflow.model import SelfAttention
+from attnflow.states import CheckpointError, FieldState
 
 __all__ = ["FieldSolution", "MeanFieldSolver"]
 

@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from attnflow._validation import as_points
-from attnflow.checkpoint import CheckpointError, ParticleState, rng_states_json
 from attnflow.laws import Law
 from attnflow.model import SelfAttention
 from attnflow.particles.integrate import (
@@ -29,7 +27,9 @@ from attnflow.particles.integrate import (
     _check_times,
     _march,
 )
-from attnflow.solution import Status
+from attnflow.solutions import Status
+from attnflow.states import CheckpointError, ParticleState, rng_states_json
+from attnflow.validation import as_points
 
 __all__ = ["EnsembleSolution", "ensemble"]
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from attnflow._validation import as_points, as_weights, check_positive
-from attnflow.checkpoint import CheckpointError, ParticleState
 from attnflow.model import SelfAttention
-from attnflow.solution import Solution, Status
+from attnflow.solutions import Solution, Status
+from attnflow.states import CheckpointError, ParticleState
+from attnflow.validation import as_points, as_weights, check_positive
 
 __all__ = ["RK4", "Euler", "simulate"]
 

@@ -49,7 +49,6 @@ import numpy as np
 from scipy.integrate import solve_ivp
 from scipy.special import ive
 
-from attnflow._validation import check_betas, check_int, check_positive
 from attnflow.laws import UniformBall
 from attnflow.model import SelfAttention
 from attnflow.studies.convergence import fit_slope
@@ -60,6 +59,7 @@ from attnflow.studies.metastability import (
     energy_staircase,
     most_unstable_mode,
 )
+from attnflow.validation import check_betas, check_int, check_positive
 
 __all__ = [
     "ClusterCountStudy",

@@ -94,12 +94,12 @@ from scipy.optimize import brentq
 from scipy.special import ive
 
 from attnflow import metrics
-from attnflow._validation import check_betas, check_int, check_positive
 from attnflow.laws import UniformSphere
 from attnflow.model import SelfAttention
 from attnflow.particles.ensemble import ensemble
-from attnflow.solution import Status
+from attnflow.solutions import Status
 from attnflow.studies.convergence import fit_slope
+from attnflow.validation import check_betas, check_int, check_positive
 
 __all__ = [
     "ClusterCountStudy",
