@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -24,3 +26,25 @@ def rng():
 def random_sphere(rng, n, d):
     x = rng.standard_normal((n, d))
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@contextlib.contextmanager
+def numba_threads(n: int):
+    """Run a block with ``n`` numba threads, restoring the previous count afterwards."""
+    import numba
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
+
+
+@pytest.fixture
+def one_numba_thread():
+    """Tiny problems: one numba thread (the machine's cores are shared; thread start-up and
+    oversubscription dominate), restored afterwards. Use it with
+    ``pytestmark = pytest.mark.usefixtures("one_numba_thread")`` in a module."""
+    with numba_threads(1):
+        yield
