@@ -1,10 +1,16 @@
 """attnflow: the mean-field dynamics of transformer self-attention.
 
-``import attnflow`` needs numpy, scipy and numba only. The particle solver lives here; the
-finite element solver is imported explicitly (``attnflow.fem``) and needs dolfinx.
+``import attnflow`` needs numpy, scipy and numba only. The library: the measure type
+(:class:`Cloud`), dynamics as sums of terms (:class:`Dynamics`, :class:`SelfAttention`,
+:class:`MultiHead`, :class:`Piecewise`), laws, the kernel engine, the particle solver, metrics,
+comparisons, studies and the solutions. The finite element solver is imported explicitly
+(``attnflow.fem``) and needs dolfinx; the command line and run configurations are the
+application layer (``attnflow.app``), which the library never imports.
 """
 
 from attnflow import compare, geometry, io, kernels, laws, metrics
+from attnflow.cloud import Cloud
+from attnflow.dynamics import Dynamics, KernelTerm, Piecewise, Sum
 from attnflow.kernels import kernel_sums
 from attnflow.laws import (
     Box,
@@ -25,15 +31,22 @@ __version__ = "0.1.0"
 __all__ = [
     "RK4",
     "Box",
+    "Cloud",
     "DensityLaw",
+    "Dynamics",
     "EnsembleSolution",
     "Euler",
+    "FieldSolution",
     "Gaussian",
+    "KernelTerm",
     "Mixture",
+    "MultiHead",
     "PerturbedCircle",
+    "Piecewise",
     "SelfAttention",
     "Solution",
     "Status",
+    "Sum",
     "UniformBall",
     "UniformSphere",
     "VonMisesFisher",
@@ -44,6 +57,7 @@ __all__ = [
     "kernel_sums",
     "kernels",
     "laws",
+    "load_solution",
     "metrics",
     "simulate",
 ]

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnflow import metrics
-from attnflow.model import SelfAttention
-from attnflow.particles.ensemble import EnsembleSolution
+from attnflow.dynamics import Dynamics
+from attnflow.solutions import EnsembleSolution, FieldSolution
 
 __all__ = ["Comparison", "compare"]
 
@@ -50,9 +50,9 @@ class Comparison:
 
 
 def compare(
-    fem,
+    fem: FieldSolution,
     ens: EnsembleSolution,
-    model: SelfAttention,
+    model: Dynamics,
     *,
     geometry: str,
     histogram=None,
@@ -93,7 +93,7 @@ def compare(
                 l1[r, k] = metrics.l1_distance(hf, histogram(x, None))
             if clusters is not None:
                 c_par[r, k] = clusters(x, None)
-            e_par[r, k] = model._log_energy(x, ens.weights)
+            e_par[r, k] = model.log_energy(ens.cloud(r, k)) if model.has_energy else np.nan
     return Comparison(
         t=fem.t,
         w1=w1,

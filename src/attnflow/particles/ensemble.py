@@ -12,54 +12,27 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from attnflow.cloud import Cloud
+from attnflow.dynamics import Dynamics
 from attnflow.laws import Law
-from attnflow.model import SelfAttention
-from attnflow.particles.integrate import (
-    RK4,
-    Euler,
-    _check_every,
-    _check_restart,
-    _check_times,
-    _march,
-)
-from attnflow.solutions import Status
+from attnflow.particles.integrate import RK4, Euler
+from attnflow.particles.stepping import check_restart, march
+from attnflow.solutions import EnsembleSolution, Status
 from attnflow.states import CheckpointError, ParticleState, rng_states_json
-from attnflow.validation import as_points
+from attnflow.timegrid import check_dt, check_every, time_grid
+from attnflow.validation import as_points, check_int
 
 __all__ = ["EnsembleSolution", "ensemble"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EnsembleSolution:
-    """R particle runs at common save times.
-
-    Attributes
-    ----------
-    t : (n_saved,) save times.
-    x : (R, n_saved, N, d) token positions of every run.
-    weights : (N,) token weights.
-    status : (R,) status of every run.
-    """
-
-    t: np.ndarray
-    x: np.ndarray
-    weights: np.ndarray
-    status: tuple[Status, ...]
-
-    @property
-    def n_runs(self) -> int:
-        return self.x.shape[0]
-
-
 def ensemble(
-    model: SelfAttention,
+    model: Dynamics,
     law: Law,
     n_particles: int,
     n_runs: int,
@@ -82,33 +55,42 @@ def ensemble(
 
     Parameters
     ----------
-    model : the attention dynamics; law : the initial law (same ``d``, sphere or R^d).
+    model : the dynamics (any :class:`~attnflow.dynamics.Dynamics`); law : the initial law
+        (same ``d``, sphere or R^d).
     n_particles, n_runs : tokens per run and number of runs (ints >= 1).
     t_final, dt, save_times, method : as for :func:`~attnflow.simulate`.
     seed : run ``r`` draws its tokens from ``SeedSequence(seed).spawn(n_runs)[r]``.
     comm : an ``mpi4py`` communicator: the runs are dealt round-robin to its ranks.
     checkpoint_every : with ``K > 0``, ``on_checkpoint(state)`` is called on every rank
         (collectively) after every ``K``-th step with a
-        :class:`~attnflow.checkpoint.ParticleState` holding all runs (arrays on rank 0 only).
-    restart : a :class:`~attnflow.checkpoint.ParticleState` of the same ensemble (same
+        :class:`~attnflow.states.ParticleState` holding all runs (arrays on rank 0 only).
+    restart : a :class:`~attnflow.states.ParticleState` of the same ensemble (same
         ``seed``, sizes, ``dt``, ``t_final``, ``save_times``), on every rank: the runs
         continue from it (on any number of ranks) and end bitwise as uninterrupted ones.
     progress : ``progress(t, step)`` after every step, on every rank.
 
-    Returns an :class:`EnsembleSolution` (identical on every rank and for any rank count).
+    Returns an :class:`~attnflow.solutions.EnsembleSolution` (identical on every rank and for
+    any rank count); ``stats`` holds ``steps``, ``rhs_evaluations`` (per run: steps × stages),
+    ``wall_time``,
+    ``dt``, ``method``, ``ranks`` and ``seed``.
     """
+    if not isinstance(model, Dynamics):
+        raise TypeError(f"model must be a Dynamics, got {type(model).__name__}")
+    if not isinstance(law, Law):
+        raise TypeError(f"law must be a Law, got {type(law).__name__}")
     if law.d != model.d or law.on_sphere != model.sphere:
         raise ValueError("law must live where the model's tokens live (same d, sphere or R^d)")
-    for name, v in (("n_particles", n_particles), ("n_runs", n_runs)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    n_particles = check_int("n_particles", n_particles, 1)
+    n_runs = check_int("n_runs", n_runs, 1)
     if not isinstance(method, (RK4, Euler)):
         raise TypeError(f"method must be RK4() or Euler(), got {method!r}")
-    ts = _check_times(t_final, dt, save_times)
-    every = _check_every(checkpoint_every, on_checkpoint)
-    n_runs, n_particles, d = int(n_runs), int(n_particles), model.d
+    dt = check_dt(dt)
+    grid = time_grid(t_final, save_times, breakpoints=model.breakpoints)
+    ts = grid.save_times
+    every = check_every(checkpoint_every, on_checkpoint)
+    d = model.d
     if restart is not None:
-        _check_restart(restart, dt, t_final, ts, (n_runs, n_particles, d))
+        check_restart(restart, dt, grid, (n_runs, n_particles, d))
         if restart.seed != seed:
             raise CheckpointError(f"the checkpoint has seed {restart.seed}, this run {seed}")
     seeds = np.random.SeedSequence(seed).spawn(n_runs)
@@ -139,25 +121,25 @@ def ensemble(
         step0, segment0 = restart.step, restart.segment
         segment_step0, wall0 = restart.segment_step, restart.wall_time
 
-    def field(y: np.ndarray) -> np.ndarray:
-        return model._velocity(y, y, w)
+    active: dict[str, Any] = {"k": -1, "dyn": model}
 
-    def advance(h: float) -> None:
+    def field(y: np.ndarray, t: float) -> np.ndarray:
+        return active["dyn"].evaluate(y, Cloud(y, w), t)
+
+    def advance(t: float, h: float, k: int) -> None:
+        if active["k"] != k:  # the dynamics of this interval between events
+            active["k"], active["dyn"] = k, model.on_interval(*grid.segment(k))
         for r in mine:
             if status[r] is Status.SUCCESS:
-                xs[r] = geo.retract(method.step(field, xs[r], h))
+                xs[r] = geo.retract(method.step(field, xs[r], t, h))
 
-    def record() -> bool:
+    def record(j: int) -> bool:
         for r in mine:
             if status[r] is Status.SUCCESS:
                 saved[r].append(xs[r].copy())
                 if not np.all(np.isfinite(xs[r])):
                     status[r] = Status.NONFINITE
-                    logger.warning(
-                        "run %d: non-finite token positions at t=%g; stopping",
-                        r,
-                        ts[len(saved[r]) - 1],
-                    )
+                    logger.warning("run %d: non-finite token positions at t=%g; stopping", r, ts[j])
         # Collective checkpoints need every rank in the loop; otherwise stop when all is done.
         return bool(every) or any(status[r] is Status.SUCCESS for r in mine)
 
@@ -187,8 +169,8 @@ def ensemble(
                 step=step,
                 segment=segment,
                 segment_step=segment_step,
-                dt=float(dt),
-                t_final=float(t_final),
+                dt=dt,
+                t_final=grid.t_final,
                 save_times=ts.copy(),
                 x=x_all,
                 saved=saved_all,
@@ -199,10 +181,11 @@ def ensemble(
             )
         )
 
+    n_steps = step0
     if every or any(status[r] is Status.SUCCESS for r in mine):
-        _march(
-            ts,
-            float(dt),
+        n_steps = march(
+            grid,
+            dt,
             advance,
             record,
             step0=step0,
@@ -222,9 +205,19 @@ def ensemble(
     if rank == 0:
         logger.info("ensemble: %d runs of %d tokens on %d rank(s)", n_runs, n_particles, size)
     x = np.stack([runs[r][0][:n_saved] for r in range(n_runs)])
+    stats = {
+        "steps": int(n_steps),
+        "rhs_evaluations": int(n_steps) * method.stages,
+        "wall_time": wall0 + time.perf_counter() - start,
+        "dt": dt,
+        "method": type(method).__name__,
+        "ranks": size,
+        "seed": seed,
+    }
     return EnsembleSolution(
         t=ts[:n_saved],
         x=x,
         weights=w,
-        status=tuple(runs[r][1] for r in range(n_runs)),
+        run_status=tuple(runs[r][1] for r in range(n_runs)),
+        stats=stats,
     )

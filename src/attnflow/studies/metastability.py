@@ -220,7 +220,7 @@ def cluster_count_sweep(
             save_times=[0.0, t],
             comm=comm,
         )
-        if any(s is not Status.SUCCESS for s in ens.status) or ens.x.shape[1] < 2:
+        if ens.status is not Status.SUCCESS or ens.x.shape[1] < 2:
             raise FloatingPointError(f"a particle run failed at beta={beta:g}: {ens.status}")
         c = [metrics.circle_gap_clusters(x[-1], gap=gap) for x in ens.x]
         logger.info(
