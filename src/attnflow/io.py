@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["read_npz", "write_npz_atomic", "write_point_cloud_series"]
+__all__ = ["read_npz", "write_npz_atomic", "write_point_cloud_series", "write_text_atomic"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -47,6 +47,26 @@ def write_npz_atomic(path: str | Path, **arrays: Any) -> Path:
     try:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: ``path.tmp``, fsync, rename.
+
+    Returns the path. The temporary file is removed if writing fails.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

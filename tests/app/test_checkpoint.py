@@ -2,34 +2,25 @@
 
 import json
 
-import numba
 import numpy as np
 import pytest
 
 import attnflow as af
-from attnflow.checkpoint import (
-    CheckpointError,
+from attnflow.app.checkpoint import (
     CheckpointWriter,
-    ParticleState,
     latest_checkpoint,
     list_checkpoints,
     read_checkpoint,
     write_checkpoint,
-    write_npz_atomic,
 )
+from attnflow.io import write_npz_atomic
+from attnflow.states import CheckpointError, ParticleState
+
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 MODEL = af.SelfAttention(2, beta=9.0)
 LAW = af.PerturbedCircle(0.3, 3)
 TIMES = np.linspace(0.0, 1.0, 4)
-
-
-@pytest.fixture(autouse=True)
-def _one_numba_thread():
-    """Tiny problems: one thread (the machine's cores are shared; thread start-up dominates)."""
-    n = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(n)
 
 
 def test_atomic_write_leaves_no_temporary_and_ignores_stale_ones(tmp_path):

@@ -7,17 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnflow.config import (
+from attnflow.app.build import build_model, initial_law
+from attnflow.app.config import (
     ConfigError,
-    _compile_expression,
     apply_override,
+    compile_expression,
     dumps_toml,
     load_config,
     parse_config,
     parse_override,
 )
 
-EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.toml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.toml"))
 
 
 def base(**changes):
@@ -95,7 +96,7 @@ def test_matrices_scalars_and_identity():
             initial__={"type": "gaussian", "mean": [0, 0], "cov": [[1, 0], [0, 1]]},
         )
     )
-    m = cfg.model.build()
+    m = build_model(cfg.model)
     np.testing.assert_array_equal(m.K, -np.eye(2))
     np.testing.assert_array_equal(m.V, np.diag([1.0, 0.5]))
     np.testing.assert_array_equal(m.Q, np.eye(2))
@@ -188,7 +189,7 @@ def test_euclidean_initial_densities_need_a_domain_for_particles():
         parse_config(raw)
     raw["initial"]["half_width"] = 3.0
     cfg = parse_config(raw)
-    x = cfg.initial.law(2, False).sample(500, 1)
+    x = initial_law(cfg.initial, 2, False).sample(500, 1)
     assert x.shape == (500, 2) and np.all(np.abs(x) <= 3.0)
 
 
@@ -220,16 +221,16 @@ def test_mesh_files_are_checked(tmp_path):
 
 
 def test_expressions_see_coordinates_and_angles():
-    f = _compile_expression("k", "1 + 0.5 * cos(2 * theta) + 0 * x * y + r - 1", 2)
+    f = compile_expression("k", "1 + 0.5 * cos(2 * theta) + 0 * x * y + r - 1", 2)
     th = np.array([0.0, np.pi / 2])
     v = f(np.stack([np.cos(th), np.sin(th)], 1))
     np.testing.assert_allclose(v, [1.5, 0.5])
-    g = _compile_expression("k", "where(z > 0, 2.0, 1.0) + 0 * phi", 3)
+    g = compile_expression("k", "where(z > 0, 2.0, 1.0) + 0 * phi", 3)
     np.testing.assert_array_equal(g(np.array([[0, 0, 1.0], [0, 0, -1.0]])), [2.0, 1.0])
-    assert _compile_expression("k", "3", 2)(np.zeros((4, 2))).tolist() == [3.0] * 4
+    assert compile_expression("k", "3", 2)(np.zeros((4, 2))).tolist() == [3.0] * 4
     for bad in ("__import__('os')", "(lambda: 1)()", "[1, 2]", "'a'", "X.T"):
         with pytest.raises(ConfigError):
-            _compile_expression("k", bad, 2)
+            compile_expression("k", bad, 2)
 
 
 def test_overrides_and_sweep_points(tmp_path):

@@ -1,19 +1,21 @@
-"""Checkpoints: where a solve stands, written atomically, enough to continue it bitwise.
+"""Checkpoint files: where a solve stands, written atomically, enough to continue it bitwise.
 
-A checkpoint is one ``.npz`` file (numpy only, no pickles) holding a :class:`FieldState`
-(finite elements) or a :class:`ParticleState` (particle runs), plus the resolved run
-configuration as TOML text. Arrays are stored in an order that does not depend on the MPI
-partition (finite element dofs by the mesh's input cell index, particle runs by run index), so
-a run checkpointed on ``p`` ranks continues on ``q``.
+A checkpoint is one ``.npz`` file (numpy only, no pickles) holding a
+:class:`~attnflow.states.FieldState` (finite elements) or a
+:class:`~attnflow.states.ParticleState` (particle runs), the solver states of the library, plus
+the resolved run configuration as TOML text. Arrays are stored in an order that does not
+depend on the MPI partition (finite element dofs by the mesh's input cell index, particle runs
+by run index), so a run checkpointed on ``p`` ranks continues on ``q``.
 
-Files are written by :func:`write_npz_atomic`: a temporary file in the same directory
-(``name.tmp``), flushed and ``fsync``-ed, then renamed over the target with :func:`os.replace`
-(atomic on POSIX), and the directory is ``fsync``-ed. A reader therefore sees either the
-previous checkpoint or the new one, never a partial file, even if the writer is killed
-(``SIGKILL``) in between.
+Files are written by :func:`attnflow.io.write_npz_atomic`: a temporary file in the same
+directory (``name.tmp``), flushed and ``fsync``-ed, then renamed over the target with
+:func:`os.replace` (atomic on POSIX), and the directory is ``fsync``-ed. A reader therefore sees
+either the previous checkpoint or the new one, never a partial file, even if the writer is
+killed (``SIGKILL``) in between.
 
 :class:`CheckpointWriter` names the files ``<kind>-<step:08d>.npz`` in a directory, keeps the
-newest ``keep`` of each kind and is called collectively (rank 0 writes).
+newest ``keep`` of each kind and is called collectively (rank 0 writes). Problems raise
+:class:`~attnflow.states.CheckpointError`.
 """
 
 from __future__ import annotations
@@ -27,20 +29,15 @@ from typing import Any
 import numpy as np
 
 from attnflow.io import write_npz_atomic
-from attnflow.states import CheckpointError, FieldState, ParticleState, rng_states_json
+from attnflow.states import CheckpointError, FieldState, ParticleState
 
 __all__ = [
     "FORMAT_VERSION",
-    "CheckpointError",
     "CheckpointWriter",
-    "FieldState",
-    "ParticleState",
     "latest_checkpoint",
     "list_checkpoints",
     "read_checkpoint",
-    "rng_states_json",
     "write_checkpoint",
-    "write_npz_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,7 +92,9 @@ def _state_arrays(state: FieldState | ParticleState, config_text: str) -> dict[s
     return out
 
 
-def write_checkpoint(path: str | Path, state: FieldState | ParticleState, config_text: str = ""):
+def write_checkpoint(
+    path: str | Path, state: FieldState | ParticleState, config_text: str = ""
+) -> Path:
     """Write ``state`` (and the run's configuration text) to ``path`` atomically."""
     return write_npz_atomic(path, **_state_arrays(state, config_text))
 
@@ -207,6 +206,7 @@ class CheckpointWriter:
         self.count = 0
 
     def __call__(self, state: FieldState | ParticleState) -> None:
+        """Write ``state`` (rank 0) and drop the checkpoints beyond the newest ``keep``."""
         start = time.perf_counter()
         rank = self.comm.rank if self.comm is not None else 0
         if rank == 0:

@@ -36,8 +36,7 @@ from typing import Any
 from mpi4py import MPI
 
 from attnflow import __version__
-from attnflow.checkpoint import CheckpointError
-from attnflow.config import (
+from attnflow.app.config import (
     Config,
     ConfigError,
     apply_override,
@@ -47,11 +46,13 @@ from attnflow.config import (
     parse_override,
     read_toml,
 )
-from attnflow.logs import add_log_file, configure_logging
+from attnflow.app.logs import add_log_file, configure_logging
+from attnflow.io import write_text_atomic
+from attnflow.states import CheckpointError
 
 __all__ = ["build_parser", "main"]
 
-logger = logging.getLogger("attnflow.cli")
+logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -152,7 +153,7 @@ def _validate_run(args, comm) -> tuple[Config, Path, bool]:
 
 def _run_one(cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool) -> dict:
     """Write the resolved config (if new or changed) and execute; collective."""
-    from attnflow.runner import execute, write_text_atomic
+    from attnflow.app import runner  # (numba, the solvers: only when running)
 
     text = cfg.to_toml()
     if comm.rank == 0:
@@ -167,7 +168,7 @@ def _run_one(cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool) -> 
             logger.info("resuming %s on %d rank(s)", run_dir, comm.size)
         else:
             logger.info("run %s into %s on %d rank(s)", cfg.run.name, run_dir, comm.size)
-        return execute(cfg, run_dir, comm, resume=resume, quiet=quiet)
+        return runner.execute(cfg, run_dir, comm, resume=resume, quiet=quiet)
     finally:
         if handler is not None:
             logging.getLogger("attnflow").removeHandler(handler)
@@ -303,8 +304,6 @@ def _csv_row(i: int, value: Any, summary: dict, directory: Path) -> dict[str, An
 
 
 def _write_csv(path: Path, parameter: str, rows: list[dict]) -> None:
-    from attnflow.runner import write_text_atomic
-
     buf = io.StringIO()
     cols = [parameter if c == "value" else c for c in _CSV_COLUMNS]
     w = csv.writer(buf, lineterminator="\n")
@@ -324,8 +323,6 @@ def _cmd_sweep(args, comm) -> int:
     if error:
         _say(comm, f"ConfigError: {error}", err=True)
         return EXIT_USAGE
-    from attnflow.runner import write_text_atomic
-
     if not resume:
         _prepare_dir(comm, sweep_dir, overwrite=args.overwrite)
         if comm.rank == 0:
@@ -408,7 +405,7 @@ def _cmd_mesh(args, comm) -> int:
 
 # -- info --------------------------------------------------------------------------------------
 def _cmd_info(args, comm) -> int:
-    from attnflow.runner import versions
+    from attnflow.app.runner import versions
 
     v = versions(comm)
     if args.json:

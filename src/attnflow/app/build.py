@@ -1,0 +1,187 @@
+"""The library objects a configuration describes, built in one place.
+
+Every object a run needs is made here from the (plain data) sections of a
+:class:`~attnflow.app.config.Config`: the model (:func:`build_model`), the initial density of
+the finite element solver (:func:`initial_density`) and the law the particles are drawn from
+(:func:`initial_law`), the mesh (:func:`build_mesh`), the kernel (:func:`build_kernel`), the
+finite element solver with its options (:func:`build_fem_solver`), the particle time stepping
+method (:func:`particle_method`), and the metrics that depend on the geometry
+(:func:`geometry`, :func:`clusters_fn`, :func:`histogram_fn`).
+
+The functions that need dolfinx (mesh, kernel, solver) import it when called, so the
+configuration checks, which build the model, density and law, need numpy and scipy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from attnflow import laws, metrics
+from attnflow.app.config.expressions import compile_expression
+from attnflow.model import SelfAttention
+from attnflow.particles import RK4, Euler
+
+if TYPE_CHECKING:
+    from attnflow.app.config.schema import Config, InitialSection, ModelSection
+
+__all__ = [
+    "build_fem_solver",
+    "build_kernel",
+    "build_mesh",
+    "build_model",
+    "clusters_fn",
+    "geometry",
+    "histogram_fn",
+    "initial_density",
+    "initial_law",
+    "particle_method",
+]
+
+
+# -- model and initial data --------------------------------------------------------------------
+def build_model(model: ModelSection) -> SelfAttention:
+    """The :class:`~attnflow.SelfAttention` model of a ``[model]`` section."""
+    return SelfAttention(
+        model.d,
+        beta=model.beta,
+        Q=None if model.Q is None else np.array(model.Q),
+        K=None if model.K is None else np.array(model.K),
+        V=None if model.V is None else np.array(model.V),
+        normalized=model.attention == "SA",
+        sphere=model.sphere,
+        rescale_usa=model.rescale_usa,
+        centered=model.centered,
+    )
+
+
+def _named_law(initial: InitialSection, d: int) -> laws.Law:
+    """The laws of :mod:`attnflow.laws` that an initial type names directly."""
+    p, t = initial.params, initial.type
+    if t == "uniform":
+        return laws.UniformSphere(d)
+    if t == "perturbed_circle":
+        return laws.PerturbedCircle(p["eps"], p["mode"], p["phase"])
+    if t == "von_mises_fisher":
+        return laws.VonMisesFisher(p["mu"], p["kappa"])
+    if t == "gaussian":
+        return laws.Gaussian(p["mean"], p["cov"])
+    raise AssertionError(t)  # pragma: no cover
+
+
+def initial_density(initial: InitialSection, d: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The (not necessarily normalised) initial density ``(n, d) -> (n,)`` of ``[initial]``."""
+    p, t = initial.params, initial.type
+    if t == "expression":
+        return compile_expression("initial.expression", p["expression"], d)
+    if t == "circle_modes":
+        a, n, ph = (np.array(p[k]) for k in ("amplitudes", "modes", "phases"))
+
+        def circle_modes(x: np.ndarray) -> np.ndarray:
+            th = np.arctan2(x[:, 1], x[:, 0])
+            return (1 + np.cos(np.outer(th, n) + ph) @ a) / (2 * np.pi)
+
+        return circle_modes
+    if t == "uniform" and initial.half_width is not None:
+        return lambda x: np.ones(np.asarray(x).shape[0])
+    return _named_law(initial, d).pdf
+
+
+def initial_law(initial: InitialSection, d: int, sphere: bool) -> laws.Law:
+    """The law the particles are drawn from (``sphere``: on S^(d-1), else in R^d)."""
+    t = initial.type
+    if t in ("expression", "circle_modes") or (t == "uniform" and not sphere):
+        domain: laws.Box | int = (
+            d if sphere else laws.Box([-initial.half_width] * d, [initial.half_width] * d)
+        )
+        bound = initial.bound
+        if t == "circle_modes":
+            bound = (1 + float(np.abs(initial.params["amplitudes"]).sum())) / (2 * np.pi)
+        if t == "uniform":
+            bound = 1.0
+        return laws.DensityLaw(initial_density(initial, d), domain, bound=bound)
+    return _named_law(initial, d)
+
+
+# -- finite elements ---------------------------------------------------------------------------
+def build_mesh(cfg: Config, comm: Any) -> Any:
+    """The distributed dolfinx mesh of ``[mesh]`` on the communicator ``comm``."""
+    from attnflow.fem import box_mesh, circle_mesh, sphere_mesh
+
+    m = cfg.mesh
+    if m.type == "circle":
+        return circle_mesh(m.cells, comm)
+    if m.type == "sphere":
+        return sphere_mesh(m.level, comm)
+    if m.type == "box":
+        return box_mesh(cfg.model.d, m.length, m.cells, comm)
+    from attnflow.fem.meshfile import load_mesh
+
+    return load_mesh(m.path, comm)
+
+
+def build_kernel(cfg: Config) -> Any:
+    """The finite element attention kernel of ``fem.kernel`` (and ``fem.tol``)."""
+    from attnflow.fem import DenseKernel, RecomputedKernel, SparseKernel
+
+    k = cfg.fem.kernel
+    if k == "dense":
+        return DenseKernel()
+    if k == "sparse":
+        return SparseKernel(tol=cfg.fem.tol)
+    return RecomputedKernel()
+
+
+def build_fem_solver(cfg: Config, comm: Any) -> Any:
+    """The :class:`~attnflow.fem.MeanFieldSolver` of a configuration (collective on ``comm``)."""
+    from attnflow.fem import MeanFieldSolver
+
+    return MeanFieldSolver(
+        build_model(cfg.model),
+        build_mesh(cfg, comm),
+        initial_density(cfg.initial, cfg.model.d),
+        degree=cfg.fem.degree,
+        kernel=build_kernel(cfg),
+        cfl=cfg.fem.cfl,
+        quadrature_degree=cfg.fem.quadrature_degree,
+        normalize=cfg.initial.normalize,
+    )
+
+
+# -- particles ---------------------------------------------------------------------------------
+def particle_method(cfg: Config) -> RK4 | Euler:
+    """The time stepping method of ``particles.method``."""
+    return RK4() if cfg.particles.method == "rk4" else Euler()
+
+
+# -- metrics -----------------------------------------------------------------------------------
+def geometry(cfg: Config) -> str:
+    """The cost of Wasserstein distances: ``"circle"``, ``"sphere"`` or ``"euclidean"``."""
+    m = cfg.model
+    if not m.sphere:
+        return "euclidean"
+    return "circle" if m.d == 2 else "sphere"
+
+
+def clusters_fn(cfg: Config) -> Callable[..., int] | None:
+    """The cluster counter of the geometry (S^1, S^2), ``None`` elsewhere."""
+    m = cfg.model
+    if m.sphere and m.d == 2:
+        return metrics.circle_clusters
+    if m.sphere and m.d == 3:
+        return metrics.sphere_clusters
+    return None
+
+
+def histogram_fn(cfg: Config) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """Cell histograms ``(x, w) -> masses`` on the circle and sphere meshes, else ``None``."""
+    mesh = cfg.mesh
+    if mesh is None:
+        return None
+    if mesh.type == "circle":
+        return lambda x, w: metrics.circle_histogram(x, w, mesh.cells)
+    if mesh.type == "sphere":
+        return lambda x, w: metrics.sphere_histogram(x, w, mesh.level)
+    return None

@@ -1,0 +1,124 @@
+"""The summary figure of a run (matplotlib, optional): energies, final densities, W1.
+
+``figures/summary.png`` has one panel per quantity: the interaction energy ``log E`` over time
+(finite elements, and the particle runs' mean with their standard deviation as error bars), the
+densities at the last save time (by angle on S^1, in longitude and latitude on S^2, in the
+first two coordinates in R^d) and, for runs with both solvers, ``W1`` between them. Without
+matplotlib it logs a warning and writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from attnflow.app.build import geometry
+
+if TYPE_CHECKING:
+    from attnflow.app.config import Config
+    from attnflow.compare import Comparison
+    from attnflow.solutions import EnsembleSolution, FieldSolution
+
+__all__ = ["summary_figure"]
+
+logger = logging.getLogger(__name__)
+
+
+def summary_figure(
+    cfg: Config,
+    out: Path,
+    fem: FieldSolution | None,
+    ens: EnsembleSolution | None,
+    cmp: Comparison | None,
+    *,
+    particle_log_energy: np.ndarray | None = None,
+) -> Path | None:
+    """Draw the summary of a run into ``out/summary.png`` (written atomically).
+
+    Parameters
+    ----------
+    cfg : the run's configuration (titles, geometry, save times).
+    out : the figure directory (created if needed).
+    fem, ens, cmp : the finite element solution, the particle ensemble and their comparison
+        (each may be ``None``).
+    particle_log_energy : (R, n_saved) ``log E`` of every particle run at every save time
+        (``None``: no particle energy panel, e.g. hardmax).
+
+    Returns
+    -------
+    The path of the figure, or ``None`` without matplotlib.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no figures (pip install attnflow[viz])")
+        return None
+    panels = ["energy", "density"] + (["w1"] if cmp is not None else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    axes = np.atleast_1d(axes)
+    ax = axes[0]
+    if fem is not None:
+        ax.plot(fem.t, fem.energy, "k-", label="finite elements")
+    if ens is not None and particle_log_energy is not None:
+        e = particle_log_energy
+        ax.errorbar(ens.t, e.mean(0), yerr=e.std(0), capsize=2, label="particles")
+    ax.set(xlabel="t", ylabel=r"$\log E$", title="interaction energy")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    ax = axes[1]
+    geom = geometry(cfg)
+    if geom == "circle":
+        if fem is not None:  # the density at the quadrature points, by angle
+            th = np.arctan2(fem.points[:, 1], fem.points[:, 0])
+            dens = fem.weights[-1] / fem.point_weights / fem.mass[-1]
+            order = np.argsort(th)
+            ax.plot(th[order], dens[order], "k-", label="finite elements")
+        if ens is not None:
+            th = np.arctan2(ens.x[0, -1, :, 1], ens.x[0, -1, :, 0])
+            bins = np.linspace(-np.pi, np.pi, max(8, min(90, ens.x.shape[2] // 20)) + 1)
+            ax.hist(th, bins=bins, density=True, alpha=0.5, label="particles (run 0)")
+        ax.set(xlabel=r"$\theta$", title=f"density at t = {cfg.time.save_times[-1]:g}")
+        ax.legend()
+    else:
+        if geom == "sphere":
+
+            def proj(x):
+                return np.arctan2(x[:, 1], x[:, 0]), np.arcsin(np.clip(x[:, 2], -1, 1))
+
+            ax.set(xlabel="longitude", ylabel="latitude")
+        else:
+
+            def proj(x):
+                return x[:, 0], x[:, 1] if x.shape[1] > 1 else np.zeros(len(x))
+
+            ax.set(xlabel="x", ylabel="y")
+        if fem is not None:
+            u, v = proj(fem.points)
+            ax.scatter(u, v, c=fem.weights[-1] / fem.point_weights, s=4, cmap="magma")
+        if ens is not None:
+            u, v = proj(ens.x[0, -1])
+            ax.scatter(u, v, s=2, c="tab:cyan", alpha=0.6)
+        ax.set_title(f"t = {cfg.time.save_times[-1]:g}")
+    if cmp is not None:
+        ax = axes[2]
+        m, s = cmp.mean_sd(cmp.w1)
+        ax.errorbar(cmp.t, m, yerr=s, capsize=2)
+        ax.set(xlabel="t", ylabel=r"$W_1$", title="W1(finite elements, particles)")
+    fig.suptitle(
+        f"{cfg.run.name}: {cfg.model.attention}, d = {cfg.model.d}, "
+        f"beta = {cfg.model.beta:g}, {cfg.model.space}"
+    )
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "summary.png"
+    tmp = out / "summary.tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
