@@ -167,6 +167,12 @@ class KernelTerm(Dynamics):
         """Whether the sums take the zero-temperature (argmax) limit."""
         return False
 
+    @property
+    def peaked_at_target(self) -> bool:
+        """Whether, for every target ``x``, ``<a(x), b(y)>`` over the token space is largest at
+        ``y = x`` (then an underflowed shifted denominator means "no mass in reach")."""
+        return False
+
     @abstractmethod
     def scores(self, x: np.ndarray) -> np.ndarray:
         """(n, p) target vectors ``a(x)`` (already scaled by the inverse temperature)."""

@@ -96,6 +96,18 @@ class SelfAttention(KernelTerm):
         """Whether this is the zero-temperature (``beta = inf``) model."""
         return math.isinf(self.beta)
 
+    @property
+    def peaked_at_target(self) -> bool:
+        """On the sphere with Q, K positive multiples of I, ``<Qx, Ky>`` peaks at ``y = x``."""
+        eye = np.eye(self.d)
+        q, k = self.Q[0, 0], self.K[0, 0]
+        return bool(
+            self.sphere
+            and np.array_equal(self.Q, q * eye)
+            and np.array_equal(self.K, k * eye)
+            and q * k > 0
+        )
+
     def scores(self, x: np.ndarray) -> np.ndarray:
         """(n, d) target vectors ``beta Q x`` (``Q x`` for hardmax) of the points ``x`` (n, d)."""
         # einsum (not BLAS) so a row's bits do not depend on how many rows are transformed at

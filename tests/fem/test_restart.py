@@ -7,7 +7,8 @@ import pytest
 from mpi4py import MPI
 
 import attnflow as af
-from attnflow.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from attnflow.app.checkpoint import read_checkpoint, write_checkpoint
+from attnflow.states import CheckpointError
 from attnflow.fem import MeanFieldSolver, circle_mesh
 
 TIMES = [0.0, 0.4, 1.0]

@@ -304,7 +304,7 @@ def test_pruned_sparse_assembly_gives_the_all_pairs_matrix(beta):
         af.VonMisesFisher([0.0, 0.0, 1.0], 1.0),
         kernel=SparseKernel(1e-12),
     )
-    vel = solver.velocity
+    (vel,) = solver.velocity.operators.values()  # one attention term: one operator
     starts = np.arange(vel.src_dofs.size + 1) * vel.n_q
     args = (vel.a, vel.b, vel.v, vel.src_w, starts, 1e-12)
     full = kernel_matrix_sparse(*args, prune=False)

@@ -2,21 +2,24 @@
 
 from mpi4py import MPI  # noqa: F401  (before dolfinx: libmpi must be loaded first)
 
-from attnflow.fem.attention import (
-    AttentionVelocity,
+from attnflow.fem.deposit import deposit
+from attnflow.fem.kernel_operator import (
     DenseKernel,
+    KernelOperator,
     RecomputedKernel,
     SparseKernel,
 )
-from attnflow.fem.deposit import deposit
 from attnflow.fem.meshes import box_mesh, circle_mesh, icosphere, sphere_mesh
-from attnflow.fem.solver import FieldSolution, MeanFieldSolver
+from attnflow.fem.solver import MeanFieldSolver
+from attnflow.fem.velocity import NodalVelocity
+from attnflow.solutions import FieldSolution
 
 __all__ = [
-    "AttentionVelocity",
     "DenseKernel",
     "FieldSolution",
+    "KernelOperator",
     "MeanFieldSolver",
+    "NodalVelocity",
     "RecomputedKernel",
     "SparseKernel",
     "box_mesh",

@@ -1,9 +1,12 @@
-"""The attention velocity of a finite element density, as a kernel convolution.
+"""The kernel sums of one attention term of a finite element density, as a PETSc operator.
 
 The density ``rho_h`` in DG_k is the weighted point cloud of the quadrature points ``y_q`` of
-all cells with weights ``|det J| w_q rho_h(y_q)`` (DESIGN.md §2); its velocity is evaluated at
-the nodes ``x_i`` of a continuous P1 vector space (the mesh vertices). Since neither the points
-nor the targets move, the map from density dofs to (denominator, numerator) is linear and fixed:
+all cells with weights ``|det J| w_q rho_h(y_q)`` (DESIGN.md §2); the kernel sums of a
+:class:`~attnflow.dynamics.KernelTerm` (an attention head) are evaluated at the nodes ``x_i``
+of a continuous P1 vector space (the mesh vertices). Since neither the points nor the targets
+move, the map from density dofs to (denominator, numerator) is linear and fixed; this module
+holds the PETSc side of it (one :class:`KernelOperator` per term; the velocity itself is
+summed over the terms in :mod:`attnflow.fem.velocity`):
 
 * :class:`DenseKernel` assembles it **once** as a parallel dense PETSc matrix (rows: the
   ``(d + 1)`` sums at the owned nodes; columns: the global density dofs). Every stage is then
@@ -20,7 +23,7 @@ nor the targets move, the map from density dofs to (denominator, numerator) is l
 
 The fixed row shift is what makes an assembled kernel density-independent, and what it costs:
 
-* on the sphere with Q, K positive multiples of I (:attr:`AttentionVelocity.local`) the row
+* on the sphere with Q, K positive multiples of I (:attr:`KernelOperator.local`) the row
   maximum is at the node itself. A shifted denominator that underflows then means that the
   density has no mass within the kernel's reach of the node: the velocity there is set to 0
   (``TINY_DENOMINATOR``; the node carries no mass to move);
@@ -44,11 +47,19 @@ import numpy as np
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from attnflow.dynamics import KernelTerm
 from attnflow.fem.transport import QuadratureCloud
 from attnflow.kernels import kernel_matrix, kernel_matrix_sparse, kernel_sums
-from attnflow.model import SelfAttention
 
-__all__ = ["AttentionVelocity", "DenseKernel", "RecomputedKernel", "SparseKernel"]
+__all__ = [
+    "TINY_DENOMINATOR",
+    "DenseKernel",
+    "KernelOperator",
+    "RecomputedKernel",
+    "SparseKernel",
+    "allgather",
+    "kernel_choice_name",
+]
 
 #: Shifted denominators below this are "no mass in reach": the velocity is set to 0 there.
 TINY_DENOMINATOR = 1e-290
@@ -80,23 +91,35 @@ class RecomputedKernel:
     """Evaluate the kernel sums with the engine at every stage (no stored matrix)."""
 
 
-def _allgather(comm: MPI.Comm, a: np.ndarray) -> np.ndarray:
+def kernel_choice_name(kernel: DenseKernel | SparseKernel | RecomputedKernel) -> str:
+    """``"dense"``, ``"sparse"`` or ``"recomputed"``."""
+    return {DenseKernel: "dense", SparseKernel: "sparse", RecomputedKernel: "recomputed"}[
+        type(kernel)
+    ]
+
+
+def allgather(comm: MPI.Comm, a: np.ndarray) -> np.ndarray:
+    """The rows ``a`` of every rank, concatenated in rank order, on every rank (collective)."""
     parts = comm.allgather(np.ascontiguousarray(a))
     return np.concatenate(parts, axis=0)
 
 
-class AttentionVelocity:
-    """Updates a P1 vector Function with the velocity of a DG density.
+class KernelOperator:
+    """The kernel sums ``(shift, den, num)`` of one kernel term at the P1 nodes, for a DG
+    density: an assembled PETSc matrix (dense or sparse) or the engine at every call.
 
     Parameters
     ----------
-    model : the attention model (``model.d`` must equal the mesh's geometric dimension).
+    model : a :class:`~attnflow.dynamics.KernelTerm` (e.g. one attention head); ``model.d``
+        equals the mesh's geometric dimension.
     W : the DG density space; U : the P1 vector velocity space on the same mesh.
     cloud : quadrature of the owned cells of ``W`` (see :func:`cell_quadrature`).
-    kernel : :class:`DenseKernel` or :class:`RecomputedKernel`.
+    kernel : :class:`DenseKernel`, :class:`SparseKernel` or :class:`RecomputedKernel`.
     """
 
-    def __init__(self, model: SelfAttention, W, U, cloud: QuadratureCloud, kernel) -> None:
+    def __init__(self, model: KernelTerm, W, U, cloud: QuadratureCloud, kernel) -> None:
+        if not isinstance(model, KernelTerm):
+            raise TypeError(f"model must be a KernelTerm, got {type(model).__name__}")
         if model.hardmax:
             raise ValueError(
                 "model.beta must be finite for the finite element solver "
@@ -108,7 +131,7 @@ class AttentionVelocity:
         self.gdim = gdim
         self.n_nodes = U.dofmap.index_map.size_local
         self.targets = np.ascontiguousarray(U.tabulate_dof_coordinates()[: self.n_nodes, :gdim])
-        self.a = model._scores_in(self.targets)
+        self.a = model.scores(self.targets)
         self.cloud = cloud
         self.kernel = kernel
         n_cells, n_l = cloud.cell_dofs.shape
@@ -122,24 +145,17 @@ class AttentionVelocity:
         src_pts = np.repeat(pts[:, None, :, :], n_l, axis=1).reshape(-1, gdim)
         src_w = (w[:, None, :] * cloud.tab.T[None, :, :]).reshape(-1)
         gdofs = imap.local_to_global(cloud.cell_dofs.reshape(-1).astype(np.int32))
-        self.src_pts = _allgather(self.comm, src_pts)
-        self.src_w = _allgather(self.comm, src_w)
-        self.src_dofs = _allgather(self.comm, gdofs.astype(np.int64))
+        self.src_pts = allgather(self.comm, src_pts)
+        self.src_w = allgather(self.comm, src_w)
+        self.src_dofs = allgather(self.comm, gdofs.astype(np.int64))
         self.n_q = n_q
-        self.b, self.v = model._sources(self.src_pts)
-        qq, kk = model.Q[0, 0], model.K[0, 0]
-        eye = np.eye(gdim)
+        self.b, self.v = model.sources(self.src_pts)
         #: Whether every row's largest kernel value sits at the node itself (sphere, Q and K
         #: positive multiples of I): then a small shifted denominator means no mass near the
         #: node, and the velocity there moves no mass. Otherwise (R^d, general Q, K) the row
         #: maximum lies wherever <Q x, K y> peaks on the mesh, possibly where the density has
         #: no mass, and rows are checked at every evaluation (see :meth:`sums`).
-        self.local = bool(
-            model.sphere
-            and np.array_equal(model.Q, qq * eye)
-            and np.array_equal(model.K, kk * eye)
-            and qq * kk > 0
-        )
+        self.local = bool(model.peaked_at_target)
         #: Number of rows recomputed with the engine so far (summed over ranks).
         self.rows_recomputed = 0
         if isinstance(kernel, DenseKernel):
@@ -227,7 +243,7 @@ class AttentionVelocity:
         outweigh the kept ones) are recomputed with the engine, with the exact per-row shift.
         """
         if not isinstance(self.kernel, (DenseKernel, SparseKernel)):
-            s = kernel_sums(self.a, self.b, self.v, self._cloud_weights(rho))
+            s = kernel_sums(self.a, self.b, self.v, self.cloud_weights(rho))
             return s.shift, s.den, s.num
         self.A.mult(rho.x.petsc_vec, self._y)
         y = self._y.array_r.reshape(self.n_nodes, self.gdim + 1)
@@ -244,25 +260,18 @@ class AttentionVelocity:
         bad = den <= guard
         n_bad = self.comm.allreduce(int(bad.sum()))
         if n_bad:  # the same branch on every rank: the gather below is collective
-            w_all = self._cloud_weights(rho)
+            w_all = self.cloud_weights(rho)
             if bad.any():
                 s = kernel_sums(self.a[bad], self.b, self.v, w_all)
                 shift[bad], den[bad], num[bad] = s.shift, s.den, s.num
             self.rows_recomputed += n_bad
         return shift, den, num
 
-    def _cloud_weights(self, rho: dolfinx.fem.Function) -> np.ndarray:
+    def cloud_weights(self, rho: dolfinx.fem.Function) -> np.ndarray:
         """Weights of all quadrature points (every rank, rank order) for ``rho``; collective."""
         n_q = self.cloud.n_q
         n_cells = self.cloud.cell_dofs.shape[0]
         w_local = self.cloud.weights.reshape(n_cells, 1, n_q)
         coef = rho.x.array[self.cloud.cell_dofs]  # (n_cells, n_l)
         w = (w_local * self.cloud.tab.T[None] * coef[:, :, None]).reshape(-1)
-        return _allgather(self.comm, np.maximum(w, 0.0))
-
-    def __call__(self, rho: dolfinx.fem.Function, u: dolfinx.fem.Function) -> None:
-        """Set ``u`` (owned and ghost nodes) to the velocity of ``rho``."""
-        shift, den, num = self.sums(rho)
-        f = self.model._field(self.targets, shift, den, num, tiny=TINY_DENOMINATOR)
-        u.x.array[: self.n_nodes * self.gdim] = f.reshape(-1)
-        u.x.scatter_forward()
+        return allgather(self.comm, np.maximum(w, 0.0))

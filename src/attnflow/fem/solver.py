@@ -1,22 +1,26 @@
-"""``MeanFieldSolver``: the continuity equation of self-attention on a mesh, with PETSc TS.
+"""``MeanFieldSolver``: the continuity equation of any dynamics on a mesh, with PETSc TS.
 
-Scheme: DG_k upwind transport (:mod:`attnflow.fem.transport`) with the attention velocity of
-the current density (:mod:`attnflow.fem.attention`) evaluated at every stage; explicit SSP
+Scheme: DG_k upwind transport (:mod:`attnflow.fem.transport`) with the velocity of the current
+density (:mod:`attnflow.fem.velocity`: one kernel operator per attention term,
+:mod:`attnflow.fem.kernel_operator`) evaluated at every stage; explicit SSP
 Runge–Kutta from PETSc TS (default ``ssp`` / ``rks3`` with 4 stages: third order, SSP
 coefficient 2) with a fixed step from the CFL bound
 
     dt = cfl * C_ssp * min_cells |c| / sum_{facets f of c} |f|  /  X_max,
 
-where ``X_max`` is an a priori bound of the speed (SA: ``|V|_2 R`` with ``R`` the largest
-``|y|`` on the mesh; USA: ``mass |V|_2 R e^{beta R^2 |Q^T K|_2 - c}``). Under it the forward
+where ``X_max`` is the dynamics' a priori speed bound, the sum of its terms' bounds
+(``Dynamics.speed_bound``; SA: ``|V|_2 R`` with ``R`` the largest ``|y|`` on the mesh; USA:
+``mass |V|_2 R e^{beta R^2 |Q^T K|_2 - c}``). Under it the forward
 Euler step of DG0 keeps ``rho >= 0``, hence so does every SSP stage. Upwind DG0 is first order
 in space (order 1/2 in Wasserstein distance once the density concentrates).
 
-Other TS choices through the options prefix (default ``attnflow_``), e.g.
-``-attnflow_ts_type rk -attnflow_ts_rk_type 4``.
+Other TS choices through ``petsc_options`` (``{"ts_type": "rk", "ts_rk_type": "4"}``) or the
+options prefix (default ``attnflow_``) on the command line (``-attnflow_ts_type rk``); the
+options are inserted for the solve and removed afterwards (:mod:`attnflow.fem.timestepping`).
+The solver never steps across a switching time of a :class:`~attnflow.Piecewise` dynamics.
 
 Checkpoint and restart: ``solve(..., checkpoint_every=K, on_checkpoint=f)`` calls ``f`` with a
-:class:`~attnflow.checkpoint.FieldState` every ``K`` steps (after the step and its limiter);
+:class:`~attnflow.states.FieldState` every ``K`` steps (after the step and its limiter);
 ``solve(..., restart=state)`` continues from such a state with the same time grid, so the
 result is bitwise that of an uninterrupted solve on the same number of ranks (and equal to
 round-off on another: the dofs are stored by input cell index).
@@ -24,12 +28,13 @@ round-off on another: the dofs are stored by input cell index).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dolfinx.fem
 import dolfinx.io
@@ -39,60 +44,25 @@ import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from attnflow.fem.attention import AttentionVelocity, DenseKernel, RecomputedKernel, SparseKernel
+from attnflow.cloud import Cloud
+from attnflow.dynamics import Dynamics
+from attnflow.fem.kernel_operator import (
+    DenseKernel,
+    RecomputedKernel,
+    SparseKernel,
+    kernel_choice_name,
+)
+from attnflow.fem.timestepping import DEFAULT_TS_OPTIONS, SSP_COEFFICIENT, inserted_options
 from attnflow.fem.transport import cell_quadrature, transport_form
+from attnflow.fem.velocity import NodalVelocity
 from attnflow.laws import Law
-from attnflow.model import SelfAttention
+from attnflow.solutions import FieldSolution, Status
 from attnflow.states import CheckpointError, FieldState
+from attnflow.timegrid import TimeGrid, check_every, time_grid
 
 __all__ = ["FieldSolution", "MeanFieldSolver"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FieldSolution:
-    """Finite element solution at the save times (identical on every rank).
-
-    Attributes
-    ----------
-    t : (n_saved,) save times.
-    mass : (n_saved,) total mass ``int rho``.
-    outflow : (n_saved,) mass that has left the domain (boxes; 0 on spheres).
-    energy : (n_saved,) ``log E`` of the density (see ``SelfAttention.log_energy``), over the
-        quadrature cloud (O(n_points^2) per save; NaN when ``solve(..., energy=False)``).
-    min_density : (n_saved,) minimum of ``rho`` over the quadrature points.
-    points : (n_points, d) quadrature points of all cells (input cell order, the same on any
-        number of ranks).
-    point_weights : (n_points,) quadrature weights ``|J| w_q`` (``weights / point_weights`` is
-        the density at the points).
-    weights : (n_saved, n_points) weights ``|J| w_q rho(y_q)``: each saved density as a
-        weighted point cloud, compared with particles like any other cloud.
-    dt : the time step; n_steps : steps taken; wall_time : seconds in ``solve`` (summed over
-        the pieces of a restarted solve).
-    dofs : (n_cells, n_dofs_per_cell) density dofs at the last save time, by input cell index
-        (partition-independent; ``None`` for solutions built elsewhere).
-    """
-
-    t: np.ndarray
-    mass: np.ndarray
-    outflow: np.ndarray
-    energy: np.ndarray
-    min_density: np.ndarray
-    points: np.ndarray
-    point_weights: np.ndarray
-    weights: np.ndarray
-    dt: float
-    n_steps: int
-    wall_time: float = field(default=0.0)
-    points_per_cell: int = 1
-    dofs: np.ndarray | None = None
-
-    def cell_masses(self, k: int = -1) -> np.ndarray:
-        """(n_cells,) mass of every cell at save ``k``, in the mesh's input cell order (for
-        ``circle_mesh``/``sphere_mesh`` the order of the generator, as in the histograms of
-        :mod:`attnflow.metrics`)."""
-        return self.weights[k].reshape(-1, self.points_per_cell).sum(axis=1)
 
 
 class MeanFieldSolver:
@@ -100,25 +70,33 @@ class MeanFieldSolver:
 
     Parameters
     ----------
-    model : attention model; ``model.d`` is the mesh's geometric dimension and
+    model : the dynamics (any :class:`~attnflow.dynamics.Dynamics`: a
+        :class:`~attnflow.SelfAttention`, a sum, a :class:`~attnflow.MultiHead`, a
+        :class:`~attnflow.Piecewise`, ...); ``model.d`` is the mesh's geometric dimension and
         ``model.sphere`` must match the mesh (manifold mesh of the unit sphere, or a box).
     mesh : from :func:`circle_mesh`, :func:`sphere_mesh` or :func:`box_mesh` (ghosted).
     rho0 : initial density: a :class:`~attnflow.laws.Law` (its ``pdf``) or a callable mapping
         ``(n, d)`` points to ``(n,)`` values >= 0. L2-projected onto DG_k (then limited).
     degree : polynomial degree of the density: 0 (upwind finite volumes) or 1 (DG1 with the
         Zhang–Shu positivity limiter after every stage).
-    kernel : :class:`DenseKernel` (assembled once), :class:`SparseKernel` (assembled once,
-        truncated; for large beta) or :class:`RecomputedKernel` (engine at every stage).
+    kernel : for every attention term: :class:`DenseKernel` (assembled once),
+        :class:`SparseKernel` (assembled once, truncated; for large beta) or
+        :class:`RecomputedKernel` (engine at every stage).
     cfl : fraction of the SSP time-step bound (0 < cfl <= 1).
     quadrature_degree : degree of the cell quadrature of the kernel integrals.
-    options_prefix : PETSc options prefix of the TS.
+    petsc_options : PETSc options of the TS (keys without the dash and the prefix, e.g.
+        ``{"ts_type": "rk", "ts_rk_type": "4"}``), inserted for each solve and removed after.
+    petsc_options_prefix : the options prefix of the TS (default ``attnflow_``).
     normalize : scale the initial density to unit mass on the mesh (the total weight of a
         particle system), after evaluating ``rho0`` at the quadrature points.
+
+    :meth:`solve` can be called more than once: every call starts from ``rho0`` (or from its
+    ``restart`` state) and leaves nothing behind that changes the next one.
     """
 
     def __init__(
         self,
-        model: SelfAttention,
+        model: Dynamics,
         mesh: dolfinx.mesh.Mesh,
         rho0: Law | Callable[[np.ndarray], np.ndarray],
         *,
@@ -126,11 +104,23 @@ class MeanFieldSolver:
         kernel: DenseKernel | SparseKernel | RecomputedKernel = DenseKernel(),
         cfl: float = 0.9,
         quadrature_degree: int = 4,
-        options_prefix: str = "attnflow_",
+        petsc_options: Mapping[str, Any] | None = None,
+        petsc_options_prefix: str = "attnflow_",
         normalize: bool = False,
     ) -> None:
-        if not isinstance(model, SelfAttention):
-            raise TypeError(f"model must be a SelfAttention, got {type(model).__name__}")
+        if not isinstance(model, Dynamics):
+            raise TypeError(f"model must be a Dynamics, got {type(model).__name__}")
+        if not isinstance(kernel, (DenseKernel, SparseKernel, RecomputedKernel)):
+            raise TypeError(
+                "kernel must be DenseKernel(), SparseKernel(tol) or RecomputedKernel(), "
+                f"got {kernel!r}"
+            )
+        if petsc_options is not None and not isinstance(petsc_options, Mapping):
+            raise TypeError(f"petsc_options must be a dict, got {type(petsc_options).__name__}")
+        if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
+            raise ValueError(
+                f"petsc_options_prefix must be a non-empty string, got {petsc_options_prefix!r}"
+            )
         gdim, tdim = mesh.geometry.dim, mesh.topology.dim
         if model.d != gdim:
             raise ValueError(f"model.d must equal the mesh dimension {gdim}, got {model.d}")
@@ -161,7 +151,10 @@ class MeanFieldSolver:
         # up to round-off: a second, differently rounded set of volumes makes mass drift).
         self._phi_integrals = mass_matrices.sum(axis=2)
         self._set_initial(rho0, normalize=bool(normalize))
-        self.velocity = AttentionVelocity(model, self.W, self.U, self.cloud, kernel)
+        self._rho0 = self.rho.x.array.copy()
+        self._rhs_count = 0
+        self.kernel = kernel
+        self.velocity = NodalVelocity(model, self.W, self.U, self.cloud, kernel)
         phi = ufl.TestFunction(self.W)
         self._form = dolfinx.fem.form(
             transport_form(self.rho, self.u, phi, mesh, boundary=not manifold)
@@ -171,7 +164,8 @@ class MeanFieldSolver:
         self.cell_volume[q.cell_dofs] = self._phi_integrals
         self._b = dolfinx.fem.Function(self.W)
         self.dt = self._cfl_step(cfl)
-        self.options_prefix = options_prefix
+        self.petsc_options = dict(petsc_options or {})
+        self.petsc_options_prefix = petsc_options_prefix
 
     # -- set-up ----------------------------------------------------------------------------
     def _set_initial(self, rho0, *, normalize: bool = False) -> None:
@@ -234,16 +228,8 @@ class MeanFieldSolver:
         ratio = self.comm.allreduce(float(np.min(self._cell_volume / perim)), op=MPI.MIN)
         x = mesh.geometry.x
         R = self.comm.allreduce(float(np.max(np.linalg.norm(x, axis=1))), op=MPI.MAX)
-        # |V (y - c x)| <= |V| (1 + c) R with c = 1 for the centered form.
-        vnorm = float(np.linalg.norm(model.V, 2)) * (2.0 if model.centered else 1.0)
-        if model.normalized:
-            speed = vnorm * R
-        else:
-            mass = self.mass()
-            qk = float(np.linalg.norm(model.Q.T @ model.K, 2))
-            c = model.beta if model.rescale_usa else 0.0
-            speed = mass * vnorm * R * math.exp(min(model.beta * R * R * qk - c, 700.0))
-        c_ssp = 2.0  # SSPRK(4,3)
+        speed = model.speed_bound(R, self.mass())
+        c_ssp = SSP_COEFFICIENT
         # DG1: the cell means stay >= 0 under a (tdim + 1) times smaller forward Euler step
         # (the vertex-quadrature weight of P1, Zhang–Shu); the limiter then restores rho >= 0.
         dg = 1.0 if self.degree == 0 else 1.0 / (tdim + 1)
@@ -274,7 +260,8 @@ class MeanFieldSolver:
         # of a forward Euler step from a limited state: >= 0 under the CFL bound.
         self._limit(self.rho.x.array)
         self.rho.x.scatter_forward()
-        self.velocity(self.rho, self.u)
+        self._rhs_count += 1
+        self.velocity(self.rho, self.u, float(t))
         b = self._b.x
         b.array[:] = 0.0
         dolfinx.fem.assemble_vector(b.array, self._form)
@@ -357,142 +344,149 @@ class MeanFieldSolver:
         restart: FieldState | None = None,
         progress: Callable[[float, int], None] | None = None,
     ) -> FieldSolution:
-        """Integrate to ``t_final``; record the density at ``save_times`` (default 0, t_final).
+        """Integrate from ``rho0`` to ``t_final``; record the density at ``save_times``
+        (default 0, t_final).
 
         ``energy=False`` skips the O(n_points^2) interaction energy at the save times (large
-        meshes).
+        meshes); dynamics without an energy record NaN.
 
         With ``output_dir`` the density and velocity time series are written there
         collectively: ``density.xdmf`` + ``.h5`` (the density as DG0 cell data, cell means for
         DG1, and the P1 velocity; ParaView's ``Xdmf3ReaderT``) and, when dolfinx has ADIOS2,
         ``density.bp`` (VTX, the density at its own degree; ParaView >= 5.12). Nothing is
-        written otherwise, and nothing to the working directory.
+        written otherwise, and nothing to the working directory. The files are closed when
+        ``solve`` returns or raises.
 
         Checkpoint and restart
         ----------------------
         checkpoint_every : with ``K > 0``, ``on_checkpoint(state)`` is called on every rank
             (collectively) after every ``K``-th step with a
-            :class:`~attnflow.checkpoint.FieldState` whose dof arrays are on rank 0 only (a
-            step that PETSc shortened to reach a save time postpones it by a step or two).
-        restart : a :class:`~attnflow.checkpoint.FieldState` (arrays on every rank) from a
+            :class:`~attnflow.states.FieldState` whose dof arrays are on rank 0 only (a
+            step that PETSc shortened to reach an event postpones it by a step or two).
+        restart : a :class:`~attnflow.states.FieldState` (arrays on every rank) from a
             solve of the same problem with the same ``t_final`` and ``save_times``: the solve
             continues from it (the ParaView files are rewritten from its recorded saves).
         progress : ``progress(t, step)`` after every step, on every rank (e.g. a progress bar).
+
+        Returns a :class:`~attnflow.solutions.FieldSolution`; its ``stats`` hold ``steps``,
+        ``rhs_evaluations``, ``wall_time``, ``dt``, ``degree``, ``kernel``,
+        ``matrix_entries``, ``rows_recomputed`` and ``ranks``.
         """
-        t_final = float(t_final)
-        if not (math.isfinite(t_final) and t_final >= 0):
-            raise ValueError(f"t_final must be finite and >= 0, got {t_final!r}")
-        ts_save = np.asarray([0.0, t_final] if save_times is None else save_times, float)
-        if (
-            ts_save.size == 0
-            or np.any(np.diff(ts_save) <= 0)
-            or ts_save[0] < 0
-            or ts_save[-1] > t_final * (1 + 1e-12)
-        ):
-            raise ValueError("save_times must be increasing and lie in [0, t_final]")
-        every = checkpoint_every
-        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 0:
-            raise ValueError(f"checkpoint_every must be an int >= 0, got {every!r}")
-        if every and on_checkpoint is None:
-            raise ValueError("checkpoint_every > 0 needs an on_checkpoint callback")
+        grid = time_grid(t_final, save_times, breakpoints=self.model.breakpoints)
+        every = check_every(checkpoint_every, on_checkpoint)
         if restart is not None:
-            self._check_restart(restart, t_final, ts_save)
-        self._energy = bool(energy)
-        self._every, self._on_checkpoint, self._progress = int(every), on_checkpoint, progress
-        step_start = 0 if restart is None else restart.step
-        self._next_checkpoint = (step_start // every + 1) * every if every else 0
-        self._t_final, self._ts_save = t_final, ts_save
-        writers = self._open_output(output_dir)
-        start = time.perf_counter()
-        rec: dict[str, list] = {k: [] for k in ("t", "mass", "energy", "min", "w", "dofs")}
-        if restart is None:
-            m0 = self.mass()
-            t0, step0, time_step0, segment0, wall0 = 0.0, 0, self.dt, 0, 0.0
-        else:
-            if writers:  # the recorded saves, rewritten into the new files
-                for k, t_k in enumerate(restart.t_saved):
-                    self.set_global_dofs(restart.saved_dofs[k])
-                    self._write(writers, float(t_k))
-            for k in range(len(restart.t_saved)):
-                rec["t"].append(float(restart.t_saved[k]))
-                rec["mass"].append(float(restart.mass[k]))
-                rec["energy"].append(float(restart.energy[k]))
-                rec["min"].append(float(restart.min_density[k]))
-                rec["w"].append(np.asarray(restart.weights[k]))
-                if every and self.comm.rank == 0:
-                    rec["dofs"].append(np.asarray(restart.saved_dofs[k]))
-            self.set_global_dofs(restart.dofs)
-            m0 = restart.mass0
-            t0, step0, time_step0 = restart.t, restart.step, restart.time_step
-            segment0, wall0 = restart.segment, restart.wall_time
-        self._rec, self._m0, self._wall0, self._start = rec, m0, wall0, start
-        ts = PETSc.TS().create(comm=self.comm)
-        ts.setOptionsPrefix(self.options_prefix)
-        opts = PETSc.Options()
-        defaults = [
-            (self.options_prefix + k, v)
-            for k, v in (("ts_type", "ssp"), ("ts_ssp_type", "rks3"), ("ts_ssp_num_stages", "4"))
-            if not opts.hasName(self.options_prefix + k)
-        ]
-        for k, v in defaults:
-            opts.setValue(k, v)
-        x = self.rho.x.petsc_vec.copy()
-        ts.setRHSFunction(self.rhs, x.duplicate())
-        ts.setPostStep(self._post_step)
-        ts.setTimeStep(time_step0)
-        ts.setExactFinalTime(PETSc.TS.ExactFinalTime.MATCHSTEP)
-        ts.setMaxSteps(10**9)
-        ts.setFromOptions()
-        for k, _ in defaults:  # leave the global options database as we found it
-            opts.delValue(k)
-        ts.setTime(t0)
-        ts.setStepNumber(step0)
-        if progress is not None:
-            progress(t0, step0)
-        for k in range(segment0, ts_save.size):
-            t_next = float(ts_save[k])
-            self._segment = k
-            if t_next > ts.getTime():
-                # MATCHSTEP shortens the last step of a segment and TS keeps that step for the
-                # next solve: restore the CFL step every time (a restarted segment continues
-                # with the step it was interrupted with, so the time grid is the same).
-                if restart is None or k != segment0:
-                    ts.setTimeStep(self.dt)
-                ts.setMaxTime(t_next)
-                ts.solve(x)
-            self.rho.x.array[: self.n_dofs] = x.array_r
-            self.rho.x.scatter_forward()
-            self._record(rec, t_next, writers)
-        n_steps = ts.getStepNumber()
-        for w in writers:
-            w.close()
-        wall = wall0 + time.perf_counter() - start
+            self._check_restart(restart, grid)
+        run = _Run(
+            grid=grid,
+            energy=bool(energy) and self.model.has_energy,
+            every=every,
+            on_checkpoint=on_checkpoint,
+            progress=progress,
+            next_checkpoint=((0 if restart is None else restart.step) // every + 1) * every
+            if every
+            else 0,
+        )
+        self.rho.x.array[:] = self._rho0
+        self._rhs_count = 0
+        rows0 = self.velocity.rows_recomputed
+        with contextlib.ExitStack() as stack:
+            writers = self._open_output(output_dir, stack)
+            run.start = time.perf_counter()
+            rec = run.rec
+            if restart is None:
+                run.m0 = self.mass()
+                t0, step0, time_step0, segment0 = 0.0, 0, self.dt, 0
+            else:
+                if writers:  # the recorded saves, rewritten into the new files
+                    for k, t_k in enumerate(restart.t_saved):
+                        self.set_global_dofs(restart.saved_dofs[k])
+                        self._write(writers, float(t_k))
+                for k in range(len(restart.t_saved)):
+                    rec["t"].append(float(restart.t_saved[k]))
+                    rec["mass"].append(float(restart.mass[k]))
+                    rec["energy"].append(float(restart.energy[k]))
+                    rec["min"].append(float(restart.min_density[k]))
+                    rec["w"].append(np.asarray(restart.weights[k]))
+                    if every and self.comm.rank == 0:
+                        rec["dofs"].append(np.asarray(restart.saved_dofs[k]))
+                self.set_global_dofs(restart.dofs)
+                run.m0 = restart.mass0
+                t0, step0, time_step0 = restart.t, restart.step, restart.time_step
+                segment0, run.wall0 = restart.segment, restart.wall_time
+            ts = PETSc.TS().create(comm=self.comm)
+            stack.callback(ts.destroy)
+            x = self.rho.x.petsc_vec.copy()
+            stack.callback(x.destroy)
+            ts.setOptionsPrefix(self.petsc_options_prefix)
+            ts.setRHSFunction(self.rhs, x.duplicate())
+            ts.setPostStep(lambda ts_: self._post_step(ts_, run))
+            ts.setTimeStep(time_step0)
+            ts.setExactFinalTime(PETSc.TS.ExactFinalTime.MATCHSTEP)
+            ts.setMaxSteps(10**9)
+            with inserted_options(
+                self.petsc_options_prefix, self.petsc_options, DEFAULT_TS_OPTIONS
+            ):
+                ts.setFromOptions()
+            ts.setTime(t0)
+            ts.setStepNumber(step0)
+            if progress is not None:
+                progress(t0, step0)
+            for k in range(segment0, grid.events.size):
+                a, t_next = grid.segment(k)
+                run.segment = k
+                self.velocity.set_interval(a, t_next)
+                if t_next > ts.getTime():
+                    # MATCHSTEP shortens the last step of an interval and TS keeps that step
+                    # for the next solve: restore the CFL step every time (a restarted interval
+                    # continues with the step it was interrupted with, so the time grid is the
+                    # same).
+                    if restart is None or k != segment0:
+                        ts.setTimeStep(self.dt)
+                    ts.setMaxTime(t_next)
+                    ts.solve(x)
+                self.rho.x.array[: self.n_dofs] = x.array_r
+                self.rho.x.scatter_forward()
+                if grid.is_save[k]:
+                    self._record(run, t_next, writers)
+            n_steps = ts.getStepNumber()
+        wall = run.wall0 + time.perf_counter() - run.start
         mass = np.array(rec["mass"])
+        status = Status.SUCCESS if np.all(np.isfinite(mass)) else Status.NONFINITE
         if self.comm.rank == 0:
             logger.info(
                 "MeanFieldSolver: %d steps of dt=%.3g, mass drift %.2e, %.2fs",
                 n_steps,
                 self.dt,
-                abs(mass[-1] - m0) / m0,
+                abs(mass[-1] - run.m0) / run.m0,
                 wall,
             )
+        stats = {
+            "steps": int(n_steps),
+            "rhs_evaluations": int(self._rhs_count),
+            "wall_time": wall,
+            "dt": float(self.dt),
+            "degree": int(self.degree),
+            "kernel": kernel_choice_name(self.kernel),
+            "matrix_entries": self.velocity.matrix_entries,
+            "rows_recomputed": self.velocity.rows_recomputed - rows0,
+            "ranks": int(self.comm.size),
+        }
         return FieldSolution(
             t=np.array(rec["t"]),
             mass=mass,
-            outflow=m0 - mass,
+            outflow=run.m0 - mass,
             energy=np.array(rec["energy"]),
             min_density=np.array(rec["min"]),
             points=self._gather_cloud(self.cloud.points),
             point_weights=self._gather_cloud(self.cloud.weights),
             weights=np.stack(rec["w"]),
-            dt=self.dt,
-            n_steps=n_steps,
-            wall_time=wall,
             points_per_cell=self.cloud.n_q,
             dofs=self.global_dofs(root=None),
+            status=status,
+            stats=stats,
         )
 
-    def _check_restart(self, state: FieldState, t_final: float, ts_save: np.ndarray) -> None:
+    def _check_restart(self, state: FieldState, grid: TimeGrid) -> None:
         if not isinstance(state, FieldState):
             raise TypeError(f"restart must be a FieldState, got {type(state).__name__}")
         if state.dt != self.dt:
@@ -500,7 +494,7 @@ class MeanFieldSolver:
                 f"the checkpoint's CFL step {state.dt!r} differs from this solver's {self.dt!r} "
                 "(a different mesh, model, degree or cfl?)"
             )
-        if state.t_final != t_final or not np.array_equal(state.save_times, ts_save):
+        if state.t_final != grid.t_final or not np.array_equal(state.save_times, grid.save_times):
             raise CheckpointError("the checkpoint was made with other t_final or save_times")
         shape = (self.n_cells_global, self.cloud.cell_dofs.shape[1])
         if state.dofs is None or np.shape(state.dofs) != shape:
@@ -510,27 +504,29 @@ class MeanFieldSolver:
         n_rec = len(state.t_saved)
         if state.saved_dofs is None or np.shape(state.saved_dofs) != (n_rec, *shape):
             raise CheckpointError("the checkpoint's recorded dofs do not fit this mesh")
-        if not 0 <= state.segment < ts_save.size or n_rec != state.segment:
+        if not 0 <= state.segment < grid.events.size or n_rec != int(
+            np.count_nonzero(grid.is_save[: state.segment])
+        ):
             raise CheckpointError("the checkpoint's segment does not fit its records")
 
-    def _post_step(self, ts) -> None:
+    def _post_step(self, ts, run: _Run) -> None:
         x = ts.getSolution()
         self._limit(x.array)
         step = ts.getStepNumber()
-        if self._progress is not None:
-            self._progress(ts.getTime(), step)
-        if self._every and step >= self._next_checkpoint:
-            # PETSc's MATCHSTEP splits the tail of a segment into shortened steps with some
+        if run.progress is not None:
+            run.progress(ts.getTime(), step)
+        if run.every and step >= run.next_checkpoint:
+            # PETSc's MATCHSTEP splits the tail of an interval into shortened steps with some
             # state of its own: a state there would not resume bitwise. Checkpoint only where
-            # the TS holds the CFL step (or the segment is complete), else a step or two later.
-            done = ts.getTime() >= self._ts_save[self._segment]
+            # the TS holds the CFL step (or the interval is complete), else a step or two later.
+            done = ts.getTime() >= run.grid.events[run.segment]
             if ts.getTimeStep() == self.dt or done:
-                self._on_checkpoint(self._state(ts, x))
-                self._next_checkpoint = (step // self._every + 1) * self._every
+                run.on_checkpoint(self._state(ts, x, run))
+                run.next_checkpoint = (step // run.every + 1) * run.every
 
-    def _state(self, ts, x: PETSc.Vec) -> FieldState:
+    def _state(self, ts, x: PETSc.Vec, run: _Run) -> FieldState:
         """The state after the current step (collective; dof arrays on rank 0)."""
-        rec = self._rec
+        rec = run.rec
         dofs = self._gather_cells(x.array_r[self.cloud.cell_dofs], root=0)
         n_pts = self.n_cells_global * self.cloud.n_q
         if self.comm.rank == 0:
@@ -542,10 +538,10 @@ class MeanFieldSolver:
             t=float(ts.getTime()),
             step=int(ts.getStepNumber()),
             time_step=float(ts.getTimeStep()),
-            segment=int(self._segment),
+            segment=int(run.segment),
             dt=float(self.dt),
-            t_final=self._t_final,
-            save_times=self._ts_save.copy(),
+            t_final=run.grid.t_final,
+            save_times=run.grid.save_times.copy(),
             dofs=dofs,
             saved_dofs=saved,
             t_saved=np.array(rec["t"], dtype=float),
@@ -553,22 +549,24 @@ class MeanFieldSolver:
             energy=np.array(rec["energy"], dtype=float),
             min_density=np.array(rec["min"], dtype=float),
             weights=np.stack(rec["w"]) if rec["w"] else np.zeros((0, n_pts)),
-            mass0=float(self._m0),
-            wall_time=self._wall0 + time.perf_counter() - self._start,
+            mass0=float(run.m0),
+            wall_time=run.wall0 + time.perf_counter() - run.start,
         )
 
-    def _record(self, rec, t, writers) -> None:
+    def _record(self, run: _Run, t: float, writers) -> None:
+        rec = run.rec
         w = self._gather_cloud(self._cloud_weights())
         rec["t"].append(t)
         rec["mass"].append(self.mass())
         rec["w"].append(w)
         local_min = float(self.rho.x.array[: self.n_dofs].min()) if self.n_dofs else np.inf
         rec["min"].append(self.comm.allreduce(local_min, op=MPI.MIN))
-        pts = self._gather_cloud(self.cloud.points)
-        rec["energy"].append(
-            self.model._log_energy(pts, np.maximum(w, 0.0)) if self._energy else np.nan
-        )
-        if self._every:
+        if run.energy:
+            pts = self._gather_cloud(self.cloud.points)
+            rec["energy"].append(self.model.log_energy(Cloud(pts, np.maximum(w, 0.0))))
+        else:
+            rec["energy"].append(np.nan)
+        if run.every:
             dofs = self.global_dofs(root=0)
             if dofs is not None:
                 rec["dofs"].append(dofs)
@@ -576,7 +574,7 @@ class MeanFieldSolver:
 
     def _write(self, writers, t: float) -> None:
         if writers:
-            self.velocity(self.rho, self.u)
+            self.velocity(self.rho, self.u, t)
             for wr in writers:
                 if isinstance(wr, dolfinx.io.XDMFFile):
                     if self.degree > 0:
@@ -588,14 +586,15 @@ class MeanFieldSolver:
                 else:
                     wr.write(t)
 
-    def _open_output(self, output_dir) -> list:
+    def _open_output(self, output_dir, stack: contextlib.ExitStack) -> list:
+        """Open the ParaView writers in ``output_dir`` (closed by ``stack``); collective."""
         if output_dir is None:
             return []
         out = Path(output_dir)
         if self.comm.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
         self.comm.Barrier()
-        xdmf = dolfinx.io.XDMFFile(self.comm, str(out / "density.xdmf"), "w")
+        xdmf = stack.enter_context(dolfinx.io.XDMFFile(self.comm, str(out / "density.xdmf"), "w"))
         xdmf.write_mesh(self.mesh)
         if self.degree > 0:  # XDMF holds cell data: write the cell means
             self._rho_mean = dolfinx.fem.Function(
@@ -603,5 +602,26 @@ class MeanFieldSolver:
             )
         writers: list = [xdmf]
         if hasattr(dolfinx.io, "VTXWriter"):
-            writers.append(dolfinx.io.VTXWriter(self.comm, str(out / "density.bp"), [self.rho]))
+            vtx = dolfinx.io.VTXWriter(self.comm, str(out / "density.bp"), [self.rho])
+            stack.enter_context(vtx)
+            writers.append(vtx)
         return writers
+
+
+@dataclass
+class _Run:
+    """The state of one call of :meth:`MeanFieldSolver.solve` (nothing of it outlives it)."""
+
+    grid: TimeGrid
+    energy: bool
+    every: int
+    on_checkpoint: Callable[[FieldState], None] | None
+    progress: Callable[[float, int], None] | None
+    next_checkpoint: int
+    segment: int = 0
+    m0: float = 0.0
+    wall0: float = 0.0
+    start: float = 0.0
+    rec: dict[str, list] = field(
+        default_factory=lambda: {k: [] for k in ("t", "mass", "energy", "min", "w", "dofs")}
+    )
