@@ -117,7 +117,7 @@ def build_mesh(cfg: Config, comm: Any) -> Any:
         return sphere_mesh(m.level, comm)
     if m.type == "box":
         return box_mesh(cfg.model.d, m.length, m.cells, comm)
-    from attnflow.fem.meshfile import load_mesh
+    from attnflow.fem.meshes import load_mesh
 
     return load_mesh(m.path, comm)
 

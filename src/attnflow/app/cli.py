@@ -379,14 +379,15 @@ def _cmd_mesh(args, comm) -> int:
     if error:
         _say(comm, f"ConfigError: {error}", err=True)
         return EXIT_USAGE
-    from attnflow.fem.meshfile import load_mesh, mesh_arrays, save_mesh_file
+    from attnflow.fem.meshes import load_mesh, mesh_arrays
+    from attnflow.meshdata import write_mesh
 
     shape = None
     if comm.rank == 0:
         points, cells = mesh_arrays(
             args.kind, cells=args.cells, level=args.level, dim=args.dim, length=args.length
         )
-        save_mesh_file(out, points, cells)
+        write_mesh(out, points, cells)
         shape = (points.shape, cells.shape)
     shape = comm.bcast(shape, root=0)
     lines = [f"wrote {out}: {shape[0][0]} points in R^{shape[0][1]}, {shape[1][0]} cells"]
