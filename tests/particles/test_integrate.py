@@ -98,15 +98,44 @@ def test_euclidean_symmetric_case_energy_and_rd_tokens(rng):
     assert np.all(np.diff(e) >= -1e-13)
 
 
-def test_hardmax_dynamics_runs_and_moves_toward_the_argmax():
-    # Q x . K y with K = -I on S^1: every token runs toward its antipode's nearest neighbour.
-    Q = np.array([[1.0, 0.0], [0.0, 1.0]])
+def test_hardmax_tokens_follow_the_argmax_token_to_the_closed_form():
+    """Hardmax (beta = inf) with Q = I, K = V = I rotated: every token follows the leader.
+
+    With K the rotation by +90 degrees, <Q x_i, K x_j> = <x_i, R x_j> = sin(theta_i - theta_j).
+    For tokens at angles in [0, pi/2] the maximiser for token i > 0 is the token of smallest
+    angle, the leader at 0 (sin increases on [0, pi/2]): the *farthest* token, not the nearest
+    nor itself. The leader's own scores are sin(-theta_j) <= 0, largest for itself, so it has
+    the velocity P_x x = 0. Token i moves with P_{x_i} x_0, i.e. theta_i' = -sin(theta_i); the
+    angles stay in [0, pi/2], so the argmax never switches and
+    tan(theta_i(t)/2) = tan(theta_i(0)/2) e^{-t}.
+    """
     K = np.array([[0.0, -1.0], [1.0, 0.0]])  # rotation by +90 degrees
-    m = SelfAttention(2, beta=math.inf, Q=Q, K=K)
-    x = circle(np.array([0.0, 0.5, 2.0]))
-    sol = simulate(m, x, 1.0, dt=0.01)
-    assert sol.status is Status.SUCCESS and np.all(np.isfinite(sol.x))
-    assert np.max(np.abs(np.linalg.norm(sol.final, axis=1) - 1)) < 1e-12
+    m = SelfAttention(2, beta=math.inf, Q=np.eye(2), K=K)
+    th0 = np.array([0.0, 0.3, 0.9, 1.5])
+    x = circle(th0)
+
+    # The field at t = 0: P_{x_i} x_0 = -sin(theta_i) e_theta(theta_i).
+    tangent = np.stack([-np.sin(th0), np.cos(th0)], axis=1)
+    np.testing.assert_allclose(
+        m.velocity(x, x), -np.sin(th0)[:, None] * tangent, rtol=0, atol=1e-15
+    )
+
+    T = 2.0
+    exact = 2 * np.arctan(np.tan(th0 / 2) * np.exp(-T))
+    sol = simulate(m, x, T, dt=0.025, save_times=np.linspace(0, T, 9))
+    assert sol.status is Status.SUCCESS
+    # The leader does not move; the others approach it monotonically, keeping their order.
+    np.testing.assert_array_equal(sol.x[:, 0], np.tile([1.0, 0.0], (9, 1)))
+    th = np.arctan2(sol.x[..., 1], sol.x[..., 0])
+    assert np.all(np.diff(th[:, 1:], axis=0) < 0) and np.all(np.diff(th, axis=1) > 0)
+    # The angles converge to the closed form at RK4's order 4 (the argmax never switches, so
+    # the field is smooth along the trajectories).
+    errs = []
+    for dt in (0.1, 0.05, 0.025):
+        final = simulate(m, x, T, dt=dt).final
+        errs.append(np.max(np.abs(np.arctan2(final[:, 1], final[:, 0]) - exact)))
+    orders = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
+    assert np.all(np.abs(orders - 4) < 0.15), (errs, orders)
 
 
 def test_save_times_are_hit_exactly(rng):
