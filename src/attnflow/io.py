@@ -37,16 +37,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_npz_atomic(path: str | Path, **arrays: Any) -> Path:
+def write_npz_atomic(path: str | Path, *, compressed: bool = False, **arrays: Any) -> Path:
     """Write ``arrays`` to ``path`` (``.npz``) atomically: ``path.tmp``, fsync, rename.
 
-    Returns the path. The temporary file is removed if writing fails.
+    ``compressed=True`` writes with :func:`numpy.savez_compressed` (deflate) instead of
+    :func:`numpy.savez`. Returns the path. The temporary file is removed if writing fails.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -260,10 +260,10 @@ def circle_gap_clusters(
     return int(np.sum(masses >= min_mass))
 
 
-def _icosphere_cells(level: int):
-    from attnflow.fem.meshes import icosphere  # numpy only (no dolfinx at call time)
+def _icosphere_cells(level: int) -> tuple[np.ndarray, np.ndarray]:
+    from attnflow.meshdata import sphere_arrays  # the arrays of sphere_mesh(level), numpy only
 
-    return icosphere(level)
+    return sphere_arrays(level)
 
 
 def sphere_histogram(points: np.ndarray, weights: np.ndarray | None, level: int) -> np.ndarray:

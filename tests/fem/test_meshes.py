@@ -1,33 +1,18 @@
+"""Finite element meshes (dolfinx): sizes, ghosting, input checks, mesh files. The arrays
+themselves (icosphere, shipped and cached meshes, the file reader) are tested in
+tests/test_meshdata.py."""
+
 import numpy as np
 import pytest
 from mpi4py import MPI
 
+from attnflow import meshdata
 from attnflow.fem import box_mesh, circle_mesh, icosphere, sphere_mesh
+from attnflow.fem.meshes import load_mesh, mesh_arrays, mesh_from_arrays
 
 
 def n_cells(mesh):
     return mesh.topology.index_map(mesh.topology.dim).size_global
-
-
-@pytest.mark.parametrize("level", [0, 1, 2, 3])
-def test_icosphere_counts_and_vertices_on_the_sphere(level):
-    v, f = icosphere(level)
-    assert f.shape == (20 * 4**level, 3)
-    assert v.shape[0] == 10 * 4**level + 2  # Euler: V - E + F = 2
-    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-15)
-    # Outward orientation: every triangle's normal points away from the origin.
-    n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    assert np.all(np.sum(n * v[f[:, 0]], axis=1) > 0)
-
-
-def test_committed_meshes_match_the_generator():
-    from attnflow.fem.meshes import MESH_DIR
-
-    for level in range(5):
-        data = np.load(MESH_DIR / f"sphere_{level}.npz")
-        v, f = icosphere(level)
-        np.testing.assert_array_equal(data["cells"], f)
-        np.testing.assert_allclose(data["points"], v, rtol=0, atol=0)
 
 
 def test_meshes_are_ghosted_and_have_the_right_size():
@@ -45,16 +30,6 @@ def test_meshes_are_ghosted_and_have_the_right_size():
             assert comm.allreduce(mesh.topology.index_map(tdim).num_ghosts, op=MPI.MIN) > 0
 
 
-def test_sphere_area_converges_at_second_order():
-    areas = []
-    for level in (2, 3, 4):
-        v, f = icosphere(level)
-        a = 0.5 * np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1)
-        areas.append(abs(a.sum() - 4 * np.pi))
-    rates = np.log2(np.array(areas[:-1]) / np.array(areas[1:]))
-    assert np.all(np.abs(rates - 2) < 0.1)
-
-
 @pytest.mark.parametrize(
     ("call", "match"),
     [
@@ -69,3 +44,76 @@ def test_sphere_area_converges_at_second_order():
 def test_bad_mesh_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_icosphere_is_the_meshdata_one():
+    assert icosphere is meshdata.icosphere
+
+
+def _input_order(mesh):
+    """Vertex coordinates of the owned cells, indexed by input cell (gathered on all ranks)."""
+    tdim = mesh.topology.dim
+    n = mesh.topology.index_map(tdim).size_local
+    x = mesh.geometry.x[mesh.geometry.dofmaps[0][:n]]
+    idx = np.asarray(mesh.topology.original_cell_index[:n])
+    comm = mesh.comm
+    xs, ids = comm.allgather(x), comm.allgather(idx)
+    out = np.empty((sum(len(i) for i in ids), *x.shape[1:]))
+    for xi, ii in zip(xs, ids, strict=True):
+        out[ii] = xi
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kind", "kwargs", "shape"),
+    [
+        ("circle", {"cells": 24}, ((24, 2), (24, 2))),
+        ("sphere", {"level": 2}, ((162, 3), (320, 3))),
+        ("box", {"cells": 3, "dim": 2, "length": 2.0}, ((16, 2), (18, 3))),
+        ("box", {"cells": 2, "dim": 3}, ((27, 3), (48, 4))),
+    ],
+)
+def test_mesh_file_round_trip(tmp_path_factory, kind, kwargs, shape):
+    comm = MPI.COMM_WORLD
+    path = None
+    if comm.rank == 0:
+        points, cells = mesh_arrays(kind, **kwargs)
+        assert (points.shape, cells.shape) == shape
+        assert points.dtype == np.float64 and cells.dtype == np.int64
+        path = meshdata.write_mesh(tmp_path_factory.mktemp("mesh") / "m.npz", points, cells)
+    path = comm.bcast(path, root=0)
+    points, cells = meshdata.read_mesh(path)
+    mesh = load_mesh(path, comm)
+    assert mesh.geometry.dim == points.shape[1]
+    assert mesh.topology.dim == cells.shape[1] - 1
+    assert mesh.topology.index_map(mesh.topology.dim).size_global == cells.shape[0]
+    # The file's cell order is the mesh's input order, whatever the partition.
+    gdim = points.shape[1]
+    np.testing.assert_allclose(_input_order(mesh)[..., :gdim], points[cells], rtol=0, atol=1e-15)
+    if kind == "sphere":
+        ref = sphere_mesh(2, comm)
+        np.testing.assert_array_equal(_input_order(mesh), _input_order(ref))
+        direct = mesh_from_arrays(*meshdata.sphere_arrays(2), comm)
+        np.testing.assert_array_equal(_input_order(direct), _input_order(ref))
+
+
+def test_load_mesh_raises_the_reader_error_on_every_rank(tmp_path_factory):
+    comm = MPI.COMM_WORLD
+    path = comm.bcast(str(tmp_path_factory.mktemp("none") / "nowhere.npz"), root=0)
+    with pytest.raises(meshdata.MeshError, match=r"no such mesh file: .*nowhere\.npz"):
+        load_mesh(path, comm)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"kind": "torus"}, "kind must be"),
+        ({"kind": "circle", "cells": 2}, "cells must be an int >= 3"),
+        ({"kind": "sphere", "level": 8}, r"level must be an int in \[0, 7\]"),
+        ({"kind": "sphere"}, "level must be"),
+        ({"kind": "box", "cells": 0}, "cells must be an int >= 1"),
+    ],
+)
+def test_bad_mesh_arrays_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        mesh_arrays(**kwargs)

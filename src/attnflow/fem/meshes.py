@@ -1,20 +1,23 @@
-"""Meshes for the mean-field solver: S^1, S^2 and boxes, ghosted for interior-facet forms.
+"""Finite element meshes (dolfinx): S^1, S^2, boxes and mesh files, ghosted for facet forms.
 
 * ``circle_mesh(n)``: the circle S^1 in R^2 as ``n`` straight segments (vertices on the circle).
 * ``sphere_mesh(level)``: the icosahedron refined ``level`` times (each triangle split in four,
   new vertices projected to the sphere): ``20 * 4**level`` triangles, level 6 = 81920.
 * ``box_mesh(d, L, n)``: ``[-L, L]^d`` for d = 1, 2, 3 with ``n`` cells per direction.
+* ``load_mesh(path)``: a mesh file (``.npz`` with ``points`` and ``cells``, read and checked by
+  :func:`attnflow.meshdata.read_mesh`); ``mesh_arrays(kind, ...)`` gives the arrays of the
+  meshes above for writing such a file (``attnflow mesh``, :func:`attnflow.meshdata.write_mesh`).
 
 Every mesh is partitioned with ``GhostMode.shared_facet`` so that interior-facet (``dS``)
-integrals assemble in parallel (DESIGN.md §4). The point and cell arrays of the sphere meshes
-come from :func:`icosphere`; levels <= 4 are committed under ``meshes/`` (made by
-``meshes/generate.py``), larger ones are generated on demand and cached under
-``$XDG_CACHE_HOME/attnflow/meshes`` (written atomically by one rank).
+integrals assemble in parallel (DESIGN.md §4). The point and cell arrays of the circle and
+sphere meshes come from :mod:`attnflow.meshdata` (numpy only; the sphere levels <= 4 ship with
+the package, larger ones are cached), read on rank 0 and distributed. The cell order of the
+arrays is the mesh's input order (``original_cell_index``), so checkpoints and histograms refer
+to it whatever the partition.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import basix.ufl
@@ -23,132 +26,75 @@ import numpy as np
 import ufl
 from mpi4py import MPI
 
-__all__ = ["box_mesh", "circle_mesh", "icosphere", "sphere_mesh"]
+from attnflow import meshdata
+from attnflow.meshdata import icosphere
 
-#: Committed meshes (the repository's ``meshes/`` folder).
-MESH_DIR = Path(__file__).resolve().parents[3] / "meshes"
+__all__ = [
+    "box_mesh",
+    "circle_mesh",
+    "icosphere",
+    "load_mesh",
+    "mesh_arrays",
+    "mesh_from_arrays",
+    "sphere_mesh",
+]
 
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "attnflow" / "meshes"
-
-
-def icosphere(level: int) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices ``(n_v, 3)`` on the unit sphere and triangles ``(20 * 4**level, 3)``."""
-    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level < 0:
-        raise ValueError(f"level must be an int >= 0, got {level!r}")
-    t = (1.0 + 5.0**0.5) / 2.0
-    v = np.array(
-        [
-            [-1, t, 0],
-            [1, t, 0],
-            [-1, -t, 0],
-            [1, -t, 0],
-            [0, -1, t],
-            [0, 1, t],
-            [0, -1, -t],
-            [0, 1, -t],
-            [t, 0, -1],
-            [t, 0, 1],
-            [-t, 0, -1],
-            [-t, 0, 1],
-        ],
-        dtype=float,
-    )
-    f = np.array(
-        [
-            [0, 11, 5],
-            [0, 5, 1],
-            [0, 1, 7],
-            [0, 7, 10],
-            [0, 10, 11],
-            [1, 5, 9],
-            [5, 11, 4],
-            [11, 10, 2],
-            [10, 7, 6],
-            [7, 1, 8],
-            [3, 9, 4],
-            [3, 4, 2],
-            [3, 2, 6],
-            [3, 6, 8],
-            [3, 8, 9],
-            [4, 9, 5],
-            [2, 4, 11],
-            [6, 2, 10],
-            [8, 6, 7],
-            [9, 8, 1],
-        ],
-        dtype=np.int64,
-    )
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    for _ in range(int(level)):
-        edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-        uniq, inv = np.unique(edges, axis=0, return_inverse=True)
-        mid = v[uniq[:, 0]] + v[uniq[:, 1]]
-        mid /= np.linalg.norm(mid, axis=1, keepdims=True)
-        m = inv.reshape(3, -1).T + v.shape[0]  # midpoints of edges 01, 12, 20
-        v = np.concatenate([v, mid])
-        a, b, c = f[:, 0], f[:, 1], f[:, 2]
-        f = np.concatenate(
-            [
-                np.stack([a, m[:, 0], m[:, 2]], 1),
-                np.stack([b, m[:, 1], m[:, 0]], 1),
-                np.stack([c, m[:, 2], m[:, 1]], 1),
-                np.stack([m[:, 0], m[:, 1], m[:, 2]], 1),
-            ]
-        )
-    return v, f
-
-
-def _sphere_arrays(level: int) -> tuple[np.ndarray, np.ndarray]:
-    name = f"sphere_{level}.npz"
-    for path in (MESH_DIR / name, _cache_dir() / name):
-        if path.exists():
-            data = np.load(path)
-            return data["points"], data["cells"]
-    points, cells = icosphere(level)
-    cache = _cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{name}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, points=points, cells=cells)
-    os.replace(tmp, cache / name)
-    return points, cells
+#: Basix cell names by number of vertices per cell.
+_CELLS = {2: "interval", 3: "triangle", 4: "tetrahedron"}
 
 
 def _partitioner():
     return dolfinx.mesh.create_cell_partitioner(dolfinx.mesh.GhostMode.shared_facet, 2)
 
 
-def _manifold_mesh(comm, points, cells, cell: str, gdim: int) -> dolfinx.mesh.Mesh:
-    element = basix.ufl.element("Lagrange", cell, 1, shape=(gdim,))
+def mesh_from_arrays(
+    points: np.ndarray, cells: np.ndarray, comm: MPI.Comm = MPI.COMM_WORLD
+) -> dolfinx.mesh.Mesh:
+    """An affine simplex mesh from arrays given on rank 0, ghosted for facet integrals.
+
+    Parameters
+    ----------
+    points : ndarray of float, shape (n, gdim)
+        Vertices (used on rank 0 only; the other ranks pass any array of the same ``gdim``).
+    cells : ndarray of int, shape (m, k)
+        Cells, ``k`` = 2 (segments), 3 (triangles) or 4 (tetrahedra), ``k - 1 <= gdim``
+        (used on rank 0 only; the other ranks pass any array with the same ``k``).
+    comm : MPI.Comm
+        The communicator of the mesh.
+
+    Returns
+    -------
+    dolfinx.mesh.Mesh
+        The distributed mesh (a manifold mesh when ``k - 1 < gdim``), cells in input order.
+    """
+    gdim, k = points.shape[1], cells.shape[1]
+    element = basix.ufl.element("Lagrange", _CELLS[k], 1, shape=(gdim,))
     if comm.rank != 0:
         points = np.zeros((0, gdim))
-        cells = np.zeros((0, cells.shape[1]), dtype=np.int64)
+        cells = np.zeros((0, k), dtype=np.int64)
     return dolfinx.mesh.create_mesh(
-        comm, cells, ufl.Mesh(element), points, partitioner=_partitioner()
+        comm, np.asarray(cells, np.int64), ufl.Mesh(element), points, partitioner=_partitioner()
     )
 
 
 def circle_mesh(n: int, comm: MPI.Comm = MPI.COMM_WORLD) -> dolfinx.mesh.Mesh:
-    """The unit circle S^1 in R^2 as ``n >= 3`` segments."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 3:
-        raise ValueError(f"n must be an int >= 3 (segments of the circle), got {n!r}")
-    th = 2 * np.pi * np.arange(n) / n
-    points = np.stack([np.cos(th), np.sin(th)], axis=1)
-    cells = np.stack([np.arange(n), (np.arange(n) + 1) % n], axis=1).astype(np.int64)
-    return _manifold_mesh(comm, points, cells, "interval", 2)
+    """The unit circle S^1 in R^2 as ``n >= 3`` segments (:func:`meshdata.circle_arrays`)."""
+    points, cells = meshdata.circle_arrays(n)
+    return mesh_from_arrays(points, cells, comm)
 
 
 def sphere_mesh(level: int, comm: MPI.Comm = MPI.COMM_WORLD) -> dolfinx.mesh.Mesh:
-    """The unit sphere S^2 in R^3: icosahedron refined ``level`` times (0 <= level <= 7)."""
+    """The unit sphere S^2 in R^3: icosahedron refined ``level`` times (0 <= level <= 7).
+
+    The arrays are :func:`attnflow.meshdata.sphere_arrays` (read on rank 0).
+    """
     if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level <= 7:
         raise ValueError(f"level must be an int in [0, 7] (20 * 4**level cells), got {level!r}")
     if comm.rank == 0:
-        points, cells = _sphere_arrays(int(level))
+        points, cells = meshdata.sphere_arrays(int(level))
     else:
         points, cells = np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
-    return _manifold_mesh(comm, points, cells, "triangle", 3)
+    return mesh_from_arrays(points, cells, comm)
 
 
 def box_mesh(d: int, L: float, n: int, comm: MPI.Comm = MPI.COMM_WORLD) -> dolfinx.mesh.Mesh:
@@ -170,3 +116,87 @@ def box_mesh(d: int, L: float, n: int, comm: MPI.Comm = MPI.COMM_WORLD) -> dolfi
     return dolfinx.mesh.create_box(
         comm, [lo, hi], [n, n, n], dolfinx.mesh.CellType.tetrahedron, ghost_mode=gm
     )
+
+
+def mesh_arrays(
+    kind: str,
+    *,
+    cells: int | None = None,
+    level: int | None = None,
+    dim: int = 2,
+    length: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays of :func:`circle_mesh`, :func:`sphere_mesh` or :func:`box_mesh`, serially.
+
+    Parameters
+    ----------
+    kind : {"circle", "sphere", "box"}
+        ``"circle"``: ``cells`` segments; ``"sphere"``: icosphere ``level`` (0..7); ``"box"``:
+        ``[-length, length]^dim`` with ``cells`` per direction, simplices (built by dolfinx on
+        ``MPI.COMM_SELF``).
+    cells, level, dim, length
+        As above.
+
+    Returns
+    -------
+    points : ndarray of float64, shape (n, gdim)
+        Vertices (gdim = 2 for the circle, 3 for the sphere, ``dim`` for a box).
+    cells : ndarray of int64, shape (m, k)
+        Cells (k = 2 segments, 3 triangles, ``dim + 1`` for a box).
+    """
+    if kind == "circle":
+        if cells is None or cells < 3:
+            raise ValueError(f"cells must be an int >= 3 for a circle, got {cells!r}")
+        return meshdata.circle_arrays(int(cells))
+    if kind == "sphere":
+        if level is None or not 0 <= level <= 7:
+            raise ValueError(f"level must be an int in [0, 7], got {level!r}")
+        return meshdata.sphere_arrays(int(level))
+    if kind == "box":
+        if cells is None or cells < 1:
+            raise ValueError(f"cells must be an int >= 1 for a box, got {cells!r}")
+        mesh = box_mesh(dim, float(length), int(cells), MPI.COMM_SELF)
+        tdim = mesh.topology.dim
+        n = mesh.topology.index_map(tdim).size_local
+        return (
+            np.array(mesh.geometry.x[:, :dim], dtype=np.float64),
+            np.array(mesh.geometry.dofmaps[0][:n], dtype=np.int64),
+        )
+    raise ValueError(f'kind must be "circle", "sphere" or "box", got {kind!r}')
+
+
+def load_mesh(path: str | Path, comm: MPI.Comm = MPI.COMM_WORLD) -> dolfinx.mesh.Mesh:
+    """A distributed mesh from a mesh file (read on rank 0, ghosted for facet integrals).
+
+    Parameters
+    ----------
+    path : str or Path
+        An ``.npz`` mesh file, read and checked by :func:`attnflow.meshdata.read_mesh`.
+    comm : MPI.Comm
+        The communicator of the mesh.
+
+    Returns
+    -------
+    dolfinx.mesh.Mesh
+        The mesh, cells in the file's order.
+
+    Raises
+    ------
+    attnflow.meshdata.MeshError
+        On every rank, if the file is missing or malformed (the message names the file).
+    """
+    points = cells = None
+    result: tuple[int, int] | str | None = None
+    if comm.rank == 0:
+        try:
+            points, cells = meshdata.read_mesh(path)
+            result = (points.shape[1], cells.shape[1])
+        except meshdata.MeshError as e:
+            result = str(e)
+    result = comm.bcast(result, root=0)
+    if isinstance(result, str):
+        raise meshdata.MeshError(result)
+    gdim, k = result
+    if comm.rank != 0:
+        points, cells = np.zeros((0, gdim)), np.zeros((0, k), dtype=np.int64)
+    return mesh_from_arrays(points, cells, comm)
