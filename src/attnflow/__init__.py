@@ -22,9 +22,9 @@ from attnflow.laws import (
     UniformSphere,
     VonMisesFisher,
 )
-from attnflow.model import SelfAttention
-from attnflow.particles import RK4, EnsembleSolution, Euler, ensemble, simulate
-from attnflow.solutions import Solution, Status
+from attnflow.model import MultiHead, SelfAttention
+from attnflow.particles import RK4, Euler, ensemble, simulate
+from attnflow.solutions import EnsembleSolution, FieldSolution, Solution, Status, load_solution
 
 __version__ = "0.1.0"
 

@@ -331,6 +331,13 @@ class MeanFieldSolver:
         self.rho.x.array[self.cloud.cell_dofs] = dofs[self._owned_input_index()]
         self.rho.x.scatter_forward()
 
+    def set_initial_dofs(self, dofs: np.ndarray) -> None:
+        """Make a :meth:`global_dofs` array (e.g. ``FieldSolution.dofs`` of an earlier solve on
+        the same mesh and degree) the initial density of the next solves (whole array on every
+        rank); e.g. to chain solves with different dynamics."""
+        self.set_global_dofs(dofs)
+        self._rho0 = self.rho.x.array.copy()
+
     # -- time stepping -------------------------------------------------------------------------
     def solve(
         self,
