@@ -22,11 +22,8 @@ The schema of the configuration files is documented in ``docs/config.md``; examp
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
-import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -39,7 +36,6 @@ from attnflow import __version__
 from attnflow.app.config import (
     Config,
     ConfigError,
-    apply_override,
     dumps_toml,
     load_config,
     parse_config,
@@ -47,6 +43,7 @@ from attnflow.app.config import (
     read_toml,
 )
 from attnflow.app.logs import add_log_file, configure_logging
+from attnflow.app.sweep import csv_row, sweep_points, sweep_table, write_summary_csv
 from attnflow.io import write_text_atomic
 from attnflow.states import CheckpointError
 
@@ -201,12 +198,6 @@ def _cmd_run(args, comm) -> int:
 
 
 # -- sweep -------------------------------------------------------------------------------------
-def _point_name(i: int, parameter: str, value: Any) -> str:
-    leaf = parameter.rpartition(".")[2]
-    v = format(value, "g") if isinstance(value, float) else str(value)
-    return re.sub(r"[^A-Za-z0-9._=+-]", "_", f"{i:03d}_{leaf}={v}")[:80]
-
-
 def _sweep_raw(args, comm) -> tuple[dict, Path, bool]:
     """The sweep's raw table (mesh path absolute, output directory set) and directory."""
     if args.resume is not None:
@@ -222,31 +213,7 @@ def _sweep_raw(args, comm) -> tuple[dict, Path, bool]:
         return raw, sweep_dir, True
     if args.config is None:
         raise ConfigError("CONFIG", "give a configuration file (or --resume SWEEP_DIR)")
-    path = Path(args.config)
-    raw = read_toml(path)
-    for k, v in _overrides(args):
-        raw = apply_override(raw, k, v)
-    if "sweep" not in raw:
-        raise ConfigError(
-            "sweep", 'required by attnflow sweep ([sweep] parameter = "model.beta", values = [..])'
-        )
-    if args.output is not None:
-        raw = apply_override(raw, "output.directory", str(Path(args.output).absolute()))
-    mesh = raw.get("mesh")
-    if isinstance(mesh, dict) and isinstance(mesh.get("path"), str):
-        p = Path(mesh["path"]).expanduser()
-        mesh["path"] = str(p if p.is_absolute() else (path.resolve().parent / p).resolve())
-    out = raw.get("output", {})
-    directory = out.get("directory") if isinstance(out, dict) else None
-    if directory is None:
-        raise ConfigError("output.directory", "required (or pass --output DIR)")
-    if not isinstance(directory, str):
-        raise ConfigError("output.directory", f"must be a string, got {directory!r}")
-    sweep_dir = Path(directory).expanduser().absolute()
-    raw["output"]["directory"] = str(sweep_dir)
-    run = raw.setdefault("run", {})
-    if isinstance(run, dict):
-        run.setdefault("name", path.stem)
+    raw, sweep_dir = sweep_table(args.config, _overrides(args), output=args.output)
     return raw, sweep_dir, False
 
 
@@ -255,62 +222,7 @@ def _validate_sweep(args, comm):
     base = parse_config(raw, allow_sweep=True, sweep_point=True)
     if not resume:
         _check_new_dir(sweep_dir, overwrite=args.overwrite, key="output.directory")
-    points = []
-    for i, v in enumerate(base.sweep.values):
-        name = _point_name(i, base.sweep.parameter, v)
-        point = apply_override(raw, base.sweep.parameter, v)
-        point.pop("sweep")
-        point["output"]["directory"] = str(sweep_dir / name)
-        point.setdefault("run", {})["name"] = f"{base.run.name}/{name}"
-        points.append((v, parse_config(point)))
-    return raw, base, sweep_dir, resume, points
-
-
-_CSV_COLUMNS = (
-    "point",
-    "value",
-    "status",
-    "fem_mass_drift",
-    "fem_log_energy_final",
-    "fem_clusters_final",
-    "particles_log_energy_final",
-    "particles_clusters_final_mean",
-    "w1_final_mean",
-    "w1_final_sd",
-    "seconds",
-    "directory",
-)
-
-
-def _csv_row(i: int, value: Any, summary: dict, directory: Path) -> dict[str, Any]:
-    fem = summary.get("fem", {})
-    par = summary.get("particles", {})
-    cmp = summary.get("comparison", {})
-    clusters = fem.get("clusters")
-    return {
-        "point": i,
-        "value": value,
-        "status": summary.get("status", "missing"),
-        "fem_mass_drift": fem.get("mass_drift"),
-        "fem_log_energy_final": fem.get("log_energy_final"),
-        "fem_clusters_final": clusters[-1] if clusters else None,
-        "particles_log_energy_final": par.get("log_energy_final"),
-        "particles_clusters_final_mean": par.get("clusters_final_mean"),
-        "w1_final_mean": cmp.get("w1_final_mean"),
-        "w1_final_sd": cmp.get("w1_final_sd"),
-        "seconds": summary.get("timings", {}).get("total"),
-        "directory": directory.name,
-    }
-
-
-def _write_csv(path: Path, parameter: str, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    cols = [parameter if c == "value" else c for c in _CSV_COLUMNS]
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
-    for r in rows:
-        w.writerow(["" if r[c] is None else r[c] for c in _CSV_COLUMNS])
-    write_text_atomic(path, buf.getvalue())
+    return raw, base, sweep_dir, resume, sweep_points(raw, base, sweep_dir)
 
 
 def _cmd_sweep(args, comm) -> int:
@@ -344,9 +256,9 @@ def _cmd_sweep(args, comm) -> int:
             except CheckpointError as e:
                 _say(comm, f"CheckpointError: {e}", err=True)
                 return EXIT_USAGE
-        rows.append(_csv_row(i, value, summary, run_dir))
+        rows.append(csv_row(i, value, summary, run_dir))
         if comm.rank == 0:
-            _write_csv(sweep_dir / "summary.csv", parameter, rows)
+            write_summary_csv(sweep_dir / "summary.csv", parameter, rows)
     comm.Barrier()
     if not args.quiet:
         _say(comm, f"{sweep_dir}: {len(points)} points, table in summary.csv")
