@@ -1,5 +1,9 @@
 """``MeanFieldSolver``: the continuity equation of any dynamics on a mesh, with PETSc TS.
 
+(One idea, one class: the module is the solver's set-up, its time loop, its records and its
+restart state; the transport forms, limiter and CFL step, the kernel operators, the velocity
+sum, the PETSc options and the cell ordering live in their own modules.)
+
 Scheme: DG_k upwind transport (:mod:`attnflow.fem.transport`) with the velocity of the current
 density (:mod:`attnflow.fem.velocity`: one kernel operator per attention term,
 :mod:`attnflow.fem.kernel_operator`) evaluated at every stage; explicit SSP
@@ -52,8 +56,14 @@ from attnflow.fem.kernel_operator import (
     SparseKernel,
     kernel_choice_name,
 )
+from attnflow.fem.ordering import InputOrder
 from attnflow.fem.timestepping import DEFAULT_TS_OPTIONS, SSP_COEFFICIENT, inserted_options
-from attnflow.fem.transport import cell_quadrature, transport_form
+from attnflow.fem.transport import (
+    cell_quadrature,
+    cfl_step,
+    positivity_limiter,
+    transport_form,
+)
 from attnflow.fem.velocity import NodalVelocity
 from attnflow.laws import Law
 from attnflow.solutions import FieldSolution, Status
@@ -141,6 +151,8 @@ class MeanFieldSolver:
         self.u = dolfinx.fem.Function(self.U, name="velocity")
         self.degree = degree
         self.cloud = cell_quadrature(self.W, max(quadrature_degree, 2 * degree))
+        #: Gathers cell data of all ranks in the partition-independent input cell order.
+        self.order = InputOrder(mesh, self.cloud.cell_dofs.shape[0])
         q = self.cloud
         w = q.weights.reshape(-1, q.n_q)
         # Cell mass matrices M_c = sum_q w_q phi(y_q) phi(y_q)^T (exact: affine cells), inverted.
@@ -194,57 +206,15 @@ class MeanFieldSolver:
         self.rho.x.scatter_forward()
 
     def _limit(self, dofs: np.ndarray) -> None:
-        """Zhang–Shu positivity limiter, in place on the owned dofs (no-op for DG0).
-
-        In each cell, ``rho <- mean + theta (rho - mean)`` with the largest ``theta`` in
-        [0, 1] that makes the vertex values (where a P1 function attains its minimum) >= 0.
-        The cell mean, hence the mass, is unchanged; it is >= 0 under the CFL bound.
-        """
-        if self.degree == 0:
-            return
-        cd = self.cloud.cell_dofs
-        vals = dofs[cd]
-        mean = vals.mean(axis=1)  # P1 Lagrange: the mean is the average of the vertex values
-        low = vals.min(axis=1)
-        bad = low < 0
-        if np.any(bad):
-            gap = np.where(bad, mean - low, 1.0)
-            theta = np.where(bad, np.clip(mean / gap, 0.0, 1.0), 1.0)
-            # Round-off can leave -1e-32 where theta makes the minimum exactly 0: clip it.
-            dofs[cd] = np.maximum(mean[:, None] + theta[:, None] * (vals - mean[:, None]), 0.0)
+        """The positivity limiter on the owned dofs, in place (no-op for DG0)."""
+        if self.degree > 0:
+            positivity_limiter(dofs, self.cloud.cell_dofs)
 
     def _cfl_step(self, cfl: float) -> float:
-        mesh, model = self.mesh, self.model
-        tdim = mesh.topology.dim
-        mesh.topology.create_connectivity(tdim, tdim - 1)
-        n_cells = mesh.topology.index_map(tdim).size_local
-        if tdim == 1:
-            perim = np.full(n_cells, 2.0)  # two end points, each of measure 1
-        else:
-            c2f = mesh.topology.connectivity(tdim, tdim - 1)
-            facet_measure = self._facet_measures()
-            # Simplices: every cell has tdim + 1 facets.
-            perim = facet_measure[c2f.array.reshape(-1, tdim + 1)[:n_cells]].sum(axis=1)
-        ratio = self.comm.allreduce(float(np.min(self._cell_volume / perim)), op=MPI.MIN)
-        x = mesh.geometry.x
-        R = self.comm.allreduce(float(np.max(np.linalg.norm(x, axis=1))), op=MPI.MAX)
-        speed = model.speed_bound(R, self.mass())
-        c_ssp = SSP_COEFFICIENT
-        # DG1: the cell means stay >= 0 under a (tdim + 1) times smaller forward Euler step
-        # (the vertex-quadrature weight of P1, Zhang–Shu); the limiter then restores rho >= 0.
-        dg = 1.0 if self.degree == 0 else 1.0 / (tdim + 1)
-        return cfl * c_ssp * dg * ratio / max(speed, 1e-300)
-
-    def _facet_measures(self) -> np.ndarray:
-        """Length (segments) or area (triangles) of every local facet."""
         mesh = self.mesh
-        fdim = mesh.topology.dim - 1
-        imap = mesh.topology.index_map(fdim)
-        facets = np.arange(imap.size_local + imap.num_ghosts, dtype=np.int32)
-        x = mesh.geometry.x[dolfinx.mesh.entities_to_geometry(mesh, fdim, facets)]
-        if fdim == 1:
-            return np.linalg.norm(x[:, 1] - x[:, 0], axis=1)
-        return 0.5 * np.linalg.norm(np.cross(x[:, 1] - x[:, 0], x[:, 2] - x[:, 0]), axis=1)
+        R = self.comm.allreduce(float(np.max(np.linalg.norm(mesh.geometry.x, axis=1))), op=MPI.MAX)
+        speed = self.model.speed_bound(R, self.mass())
+        return cfl_step(mesh, self._cell_volume, speed, self.degree, cfl * SSP_COEFFICIENT)
 
     # -- evaluation --------------------------------------------------------------------------
     def mass(self) -> float:
@@ -275,42 +245,14 @@ class MeanFieldSolver:
         return (q.weights.reshape(-1, q.n_q) * dens).reshape(-1)
 
     def _gather_cloud(self, w: np.ndarray) -> np.ndarray:
-        """Gather per-cell arrays on all ranks, ordered by the mesh's input cell index.
-
-        The input (original) cell index does not depend on the partition, so the gathered
-        cloud is the same array on 1, 2 or 3 ranks.
-        """
-        n_q = self.cloud.n_q
-        gd = np.asarray(self.mesh.topology.original_cell_index[: self.cloud.cell_dofs.shape[0]])
-        parts = self.comm.allgather((gd, w.reshape(len(gd), n_q, *w.shape[1:])))
-        g = np.concatenate([p[0] for p in parts])
-        v = np.concatenate([p[1] for p in parts])
-        return v[np.argsort(g, kind="stable")].reshape(-1, *w.shape[1:])
+        """Per-point arrays of all ranks in input cell order, on every rank; collective."""
+        return self.order.gather_points(w, self.cloud.n_q)
 
     # -- partition-independent dofs ------------------------------------------------------------
     @property
     def n_cells_global(self) -> int:
         """Number of cells of the whole mesh."""
-        return self.mesh.topology.index_map(self.mesh.topology.dim).size_global
-
-    def _owned_input_index(self) -> np.ndarray:
-        n = self.cloud.cell_dofs.shape[0]
-        return np.asarray(self.mesh.topology.original_cell_index[:n], dtype=np.int64)
-
-    def _gather_cells(self, a: np.ndarray, root: int | None = 0) -> np.ndarray | None:
-        """Per-owned-cell rows ``a`` (n_owned, ...) of all ranks, ordered by input cell index,
-        on ``root`` (``None`` elsewhere), or on every rank with ``root=None``."""
-        g = self._owned_input_index()
-        if root is None:
-            parts = self.comm.allgather((g, a))
-        else:
-            parts = self.comm.gather((g, a), root=root)
-            if self.comm.rank != root:
-                return None
-        idx = np.concatenate([p[0] for p in parts])
-        out = np.empty((idx.size, *a.shape[1:]), dtype=a.dtype)
-        out[idx] = np.concatenate([p[1] for p in parts])
-        return out
+        return self.order.n_cells_global
 
     def global_dofs(self, root: int | None = 0) -> np.ndarray | None:
         """The density dofs as a ``(n_cells, n_dofs_per_cell)`` array by input cell index.
@@ -320,7 +262,7 @@ class MeanFieldSolver:
         ranks. Collective; the array is returned on ``root`` (``None`` elsewhere), or on every
         rank with ``root=None``.
         """
-        return self._gather_cells(self.rho.x.array[self.cloud.cell_dofs], root)
+        return self.order.gather_cells(self.rho.x.array[self.cloud.cell_dofs], root)
 
     def set_global_dofs(self, dofs: np.ndarray) -> None:
         """Set the density from a :meth:`global_dofs` array (the whole array on every rank)."""
@@ -328,7 +270,7 @@ class MeanFieldSolver:
         shape = (self.n_cells_global, self.cloud.cell_dofs.shape[1])
         if dofs.shape != shape:
             raise ValueError(f"dofs must have shape {shape}, got {dofs.shape}")
-        self.rho.x.array[self.cloud.cell_dofs] = dofs[self._owned_input_index()]
+        self.rho.x.array[self.cloud.cell_dofs] = dofs[self.order.index]
         self.rho.x.scatter_forward()
 
     def set_initial_dofs(self, dofs: np.ndarray) -> None:
@@ -534,7 +476,7 @@ class MeanFieldSolver:
     def _state(self, ts, x: PETSc.Vec, run: _Run) -> FieldState:
         """The state after the current step (collective; dof arrays on rank 0)."""
         rec = run.rec
-        dofs = self._gather_cells(x.array_r[self.cloud.cell_dofs], root=0)
+        dofs = self.order.gather_cells(x.array_r[self.cloud.cell_dofs], root=0)
         n_pts = self.n_cells_global * self.cloud.n_q
         if self.comm.rank == 0:
             shape = (0, *dofs.shape)

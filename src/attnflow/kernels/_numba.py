@@ -6,6 +6,11 @@ arithmetic) so that LLVM emits SIMD code for the whole tile; numba has no vector
 (SVML) here, and a call to libm's scalar ``exp`` would cap the throughput at a few hundred
 million pairs per second. Relative accuracy of the exponential is < 5e-16 on ``[-708, 0]``;
 arguments below ``-708`` give 0 (or e^-708 in the fused loop, see :func:`_fused_tile`).
+
+The module is long but one idea: the compiled kernel-sum engine (the exponential, the fused
+and two-pass tiles, hardmax, the assembled dense and sparse matrices and the bounding-ball
+tree of the sparse assembly share the same tile loops and the same exponential; splitting
+them would put numba's compilation units apart and duplicate the inlined helpers).
 """
 
 from __future__ import annotations

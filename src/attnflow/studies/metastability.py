@@ -1,5 +1,8 @@
 """Metastability at low temperature on the circle: cluster counts and the energy staircase.
 
+(One idea, one module: both studies rest on the same linear theory and counting criterion
+derived below, and half of the module is that derivation.)
+
 Both studies run SA on ``S^1`` (``d = 2``, ``Q = K = V = I``), where the uniform law is a
 stationary state whose mode ``n`` grows like ``e^{lambda_n t}`` with (DESIGN.md §4)
 
@@ -94,6 +97,7 @@ from scipy.optimize import brentq
 from scipy.special import ive
 
 from attnflow import metrics
+from attnflow.cloud import Cloud
 from attnflow.laws import UniformSphere
 from attnflow.model import SelfAttention
 from attnflow.particles.ensemble import ensemble
@@ -357,7 +361,7 @@ class _Clusters:
         for i in range(th.size):
             d = th - th[i]
             src = np.stack([np.cos(d), np.sin(d)], axis=1)
-            out[i] = self.model._velocity(self._e1, src, self.w)[0, 1]
+            out[i] = self.model.evaluate(self._e1, Cloud(src, self.w))[0, 1]
         return out
 
     def tokens(self, th: np.ndarray) -> np.ndarray:
