@@ -95,9 +95,7 @@ class NodalVelocity:
         w = allgather(self.comm, np.maximum(q.weights.reshape(-1, q.n_q) * dens, 0.0).ravel())
         return Cloud(self._points, w)
 
-    def __call__(
-        self, rho: dolfinx.fem.Function, u: dolfinx.fem.Function, t: float = 0.0
-    ) -> None:
+    def __call__(self, rho: dolfinx.fem.Function, u: dolfinx.fem.Function, t: float = 0.0) -> None:
         """Set ``u`` (owned and ghost nodes) to the velocity of ``rho`` at time ``t``;
         collective."""
         x = self.targets
