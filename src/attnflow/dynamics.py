@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -97,13 +98,23 @@ class Dynamics(ABC):
         """An a priori bound of ``|F[mu](x)|`` over ``|x|, |y| <= radius`` and measures of
         total mass ``mass`` (the CFL step of the finite element solver divides by it)."""
 
-    def evaluate(self, x: np.ndarray, cloud: Cloud | None, t: float = 0.0) -> np.ndarray:
+    def evaluate(
+        self, x: np.ndarray, cloud: Cloud | None, t: float = 0.0, *, kernel: Any = None
+    ) -> np.ndarray:
         """The velocity ``P_x sum_k F_k[cloud](x, t)`` at ``x`` (n, d) without input checks
-        (the solvers' hot path: ``x`` a float64 array, ``cloud`` a validated :class:`Cloud`)."""
-        terms = self.terms(t)
-        f = terms[0].ambient_velocity(x, cloud, t)
-        for term in terms[1:]:
-            f = f + term.ambient_velocity(x, cloud, t)
+        (the solvers' hot path: ``x`` a float64 array, ``cloud`` a validated :class:`Cloud`).
+
+        ``kernel``: how kernel terms compute their sums: ``None`` (the direct engine), a kernel
+        choice (:mod:`attnflow.kernels.choice`) for every term, or a
+        :class:`~attnflow.kernels.choice.KernelPlan` (one choice per term).
+        """
+        f = None
+        for term in self.terms(t):
+            if isinstance(term, KernelTerm):
+                g = term.ambient_velocity(x, cloud, t, kernel=_for_term(kernel, term))
+            else:
+                g = term.ambient_velocity(x, cloud, t)
+            f = g if f is None else f + g
         return self.geometry.project(x, f)
 
     def velocity(
@@ -113,6 +124,7 @@ class Dynamics(ABC):
         weights: np.ndarray | None = None,
         *,
         t: float = 0.0,
+        kernel: Any = None,
     ) -> np.ndarray:
         """Velocity field of a measure at the targets.
 
@@ -123,6 +135,10 @@ class Dynamics(ABC):
         sources : a :class:`Cloud`, or (n_s, d) support points of the measure (on the sphere
             when ``sphere``) with ``weights`` (n_s,) ``>= 0`` (default ``1/n_s``).
         t : time (for dynamics that depend on it, e.g. :class:`Piecewise`).
+        kernel : how the kernel sums are computed: ``None`` or ``"recomputed"`` (the direct
+            engine), ``"spectral"`` / ``SpectralKernel(tol)`` (zonal kernels on S^1, S^2) or
+            ``"auto"`` (the cheapest that fits the memory budget, see
+            :mod:`attnflow.kernels.choice`).
 
         Returns
         -------
@@ -132,7 +148,13 @@ class Dynamics(ABC):
         cloud = self.as_cloud(sources, weights)
         if cloud.n == 0 or not np.any(cloud.weights > 0):
             raise ValueError("weights must have a positive entry (the measure has zero mass)")
-        return self.evaluate(x, cloud, float(t))
+        if kernel is not None:
+            from attnflow.kernels.choice import plan_kernels
+
+            kernel = plan_kernels(
+                self, kernel, n_targets=x.shape[0], n_sources=cloud.n, solver="particles"
+            )
+        return self.evaluate(x, cloud, float(t), kernel=kernel)
 
     def as_cloud(self, sources: np.ndarray | Cloud, weights: np.ndarray | None = None) -> Cloud:
         """``sources`` as a :class:`Cloud` in this dynamics' space (checked: dimension ``d``,
@@ -173,6 +195,11 @@ class KernelTerm(Dynamics):
         ``y = x`` (then an underflowed shifted denominator means "no mass in reach")."""
         return False
 
+    def zonal(self) -> tuple[float, np.ndarray] | None:
+        """``(kappa, V)`` when the kernel is ``e^{kappa <x, y>}`` on S^1 or S^2 and the values
+        are ``V y`` (the spectral method applies), else ``None``."""
+        return None
+
     @abstractmethod
     def scores(self, x: np.ndarray) -> np.ndarray:
         """(n, p) target vectors ``a(x)`` (already scaled by the inverse temperature)."""
@@ -194,15 +221,31 @@ class KernelTerm(Dynamics):
         """(n, d) ambient velocity from the kernel sums at ``x``; targets whose shifted
         denominator is ``<= tiny`` (an underflowed kernel: no mass in reach) get 0."""
 
-    def sums(self, x: np.ndarray, cloud: Cloud) -> KernelSums:
-        """The stabilised kernel sums of ``cloud`` at ``x`` (the engine)."""
+    def sums(self, x: np.ndarray, cloud: Cloud, kernel: Any = None) -> KernelSums:
+        """The stabilised kernel sums of ``cloud`` at ``x``: the direct engine, or the
+        spectral method when ``kernel`` is a ``SpectralKernel`` (see :meth:`zonal`)."""
+        from attnflow.kernels.choice import SpectralKernel
+
+        if isinstance(kernel, SpectralKernel):
+            zonal = self.zonal()
+            if zonal is None:
+                raise ValueError(
+                    f"kernel: 'spectral' needs a zonal kernel on S^1 or S^2, not {self!r}"
+                )
+            from attnflow.kernels.spectral import zonal_sums
+
+            kappa, V = zonal
+            s = zonal_sums(x, cloud.points, cloud.weights, kappa, tol=kernel.tol)
+            return KernelSums(shift=s.shift, den=s.den, num=s.num @ V.T)
         b, v = self.sources(cloud.points)
         return kernel_sums(self.scores(x), b, v, cloud.weights, hardmax=self.hardmax)
 
-    def ambient_velocity(self, x: np.ndarray, cloud: Cloud | None, t: float) -> np.ndarray:
+    def ambient_velocity(
+        self, x: np.ndarray, cloud: Cloud | None, t: float, *, kernel: Any = None
+    ) -> np.ndarray:
         if cloud is None:
             raise ValueError(f"{type(self).__name__} needs a measure (cloud is None)")
-        s = self.sums(x, cloud)
+        s = self.sums(x, cloud, kernel)
         return self.field(x, s.shift, s.den, s.num)
 
 
@@ -216,8 +259,7 @@ def _space(parts: Sequence[Dynamics]) -> tuple[int, bool]:
     for p in parts[1:]:
         if p.d != d or p.sphere != sph:
             raise ValueError(
-                "terms must live in the same space: got d="
-                f"{d}/{p.d} and sphere={sph}/{p.sphere}"
+                f"terms must live in the same space: got d={d}/{p.d} and sphere={sph}/{p.sphere}"
             )
     return d, sph
 
@@ -259,10 +301,10 @@ class Sum(Dynamics):
         return Sum(*parts)
 
     def ambient_velocity(self, x: np.ndarray, cloud: Cloud | None, t: float) -> np.ndarray:
-        terms = self.terms(t)
-        f = terms[0].ambient_velocity(x, cloud, t)
-        for term in terms[1:]:
-            f = f + term.ambient_velocity(x, cloud, t)
+        f = None
+        for term in self.terms(t):
+            g = term.ambient_velocity(x, cloud, t)
+            f = g if f is None else f + g
         return f
 
     def speed_bound(self, radius: float, mass: float = 1.0) -> float:
@@ -348,3 +390,10 @@ class Piecewise(Dynamics):
     def __repr__(self) -> str:
         return f"Piecewise(times={list(self._times)}, pieces={list(self._pieces)!r})"
 
+
+def _for_term(kernel: Any, term: Dynamics) -> Any:
+    """The kernel choice of ``term`` from ``None``, a choice or a plan."""
+    if kernel is None:
+        return None
+    for_term = getattr(kernel, "for_term", None)
+    return for_term(term) if for_term is not None else kernel

@@ -108,6 +108,17 @@ class SelfAttention(KernelTerm):
             and q * k > 0
         )
 
+    def zonal(self) -> tuple[float, np.ndarray] | None:
+        """``(beta q k, V)`` for ``Q = qI``, ``K = kI`` on S^1 or S^2 (finite beta): the kernel
+        ``e^{beta q k <x, y>}`` is zonal and the values are ``V y``; else ``None``."""
+        if not self.sphere or self.d not in (2, 3) or self.hardmax:
+            return None
+        eye = np.eye(self.d)
+        q, k = float(self.Q[0, 0]), float(self.K[0, 0])
+        if not (np.array_equal(self.Q, q * eye) and np.array_equal(self.K, k * eye)):
+            return None
+        return self.beta * q * k, self.V
+
     def scores(self, x: np.ndarray) -> np.ndarray:
         """(n, d) target vectors ``beta Q x`` (``Q x`` for hardmax) of the points ``x`` (n, d)."""
         # einsum (not BLAS) so a row's bits do not depend on how many rows are transformed at

@@ -26,9 +26,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnflow.kernels import _numba
+from attnflow.kernels.choice import (
+    AutoKernel,
+    DenseKernel,
+    RecomputedKernel,
+    SparseKernel,
+    SpectralKernel,
+)
 
 __all__ = [
+    "AutoKernel",
+    "DenseKernel",
     "KernelSums",
+    "RecomputedKernel",
+    "SparseKernel",
+    "SpectralKernel",
     "kernel_matrix",
     "kernel_matrix_sparse",
     "kernel_sums",

@@ -1,0 +1,379 @@
+"""How the kernel sums of an attention term are computed: the kernel choices and ``"auto"``.
+
+Four methods, one interface (every one returns the stabilised sums of
+:class:`~attnflow.kernels.KernelSums`):
+
+* :class:`RecomputedKernel` — the direct engine (:func:`~attnflow.kernels.kernel_sums`) at every
+  evaluation: exact, memory O(n), cost O(n_targets · n_sources). The only choice for hardmax.
+* :class:`DenseKernel` — finite elements only: the fixed map density → sums assembled once as a
+  dense PETSc matrix (memory n_targets · (d + 1) · n_dofs · 8 bytes).
+* :class:`SparseKernel` ``(tol)`` — finite elements only: the same matrix truncated at ``tol``
+  (the choice at low temperature; memory ∝ the entries kept).
+* :class:`SpectralKernel` ``(tol)`` — zonal kernels on S^1 and S^2 (``Q = qI``, ``K = kI``,
+  ``|beta q k| <= SPECTRAL_MAX_KAPPA``): Fourier / spherical-harmonic expansion truncated from
+  ``tol`` (:mod:`attnflow.kernels.spectral`), cost O(n_targets + n_sources + L^2 log L).
+
+``"auto"`` (:class:`AutoKernel`, the default of the solvers) estimates, for the problem at
+hand, the memory and the cost of every applicable method (:func:`kernel_estimates`) and takes
+the cheapest whose memory fits the budget (:func:`attnflow.resources.memory_budget` unless
+given). The cost of a method is its set-up plus ``evaluations`` evaluations (default 1000, i.e.
+250 steps of SSPRK(4,3) or RK4); the constants are throughputs measured on the reference
+machine (2 cores; README tables) and only rank the methods. An explicit choice that does not
+fit the budget is refused before anything is allocated, with one line naming the option, the
+estimate and the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SPECTRAL_MAX_KAPPA",
+    "AutoKernel",
+    "DenseKernel",
+    "KernelEstimate",
+    "KernelPlan",
+    "RecomputedKernel",
+    "SparseKernel",
+    "SpectralKernel",
+    "as_kernel_choice",
+    "kernel_estimates",
+    "kernel_name",
+    "plan_kernels",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Largest ``|beta q k|`` for which the spectral method is offered (its truncation grows like
+#: ``sqrt(kappa)``; beyond, the kernel is local and the sparse matrix wins).
+SPECTRAL_MAX_KAPPA = 1000.0
+
+# Throughputs of the reference machine (2 cores), used only to rank the methods.
+_ENGINE_PAIRS_PER_S = 2.0e9  # fused engine, d <= 3 (README: 2.0-2.35 G pairs/s)
+_ENGINE_PAIRS_PER_S_WIDE = 0.25e9  # unfused, d >= 4
+_MATVEC_ENTRIES_PER_S = 1.5e9  # PETSc MatMult, dense or AIJ (README fem_step table)
+_ASSEMBLY_PAIRS_PER_S = 0.6e9  # kernel_matrix: scores, exp, per-group sums
+_SPECTRAL_POINT_S = 2.0e-7  # per point and scalar transform (ducc0 / finufft, 2 threads)
+_SPECTRAL_MODE_S = 2.0e-8  # per (l, m) mode and scalar transform
+
+
+def _check_tol(tol: float) -> float:
+    if not (isinstance(tol, (int, float)) and 0 < tol < 1):
+        raise ValueError(f"tol must be in (0, 1), got {tol!r}")
+    return float(tol)
+
+
+@dataclass(frozen=True)
+class DenseKernel:
+    """Finite elements: assemble the kernel once as a dense parallel PETSc matrix."""
+
+
+@dataclass(frozen=True)
+class SparseKernel:
+    """Finite elements: assemble the kernel once as a sparse PETSc matrix, truncated at
+    ``tol`` times each row's largest entry (large beta)."""
+
+    tol: float = 1e-12
+
+    def __post_init__(self) -> None:
+        _check_tol(self.tol)
+
+
+@dataclass(frozen=True)
+class RecomputedKernel:
+    """The direct engine at every evaluation (no stored matrix)."""
+
+
+@dataclass(frozen=True)
+class SpectralKernel:
+    """Spectral sums of a zonal kernel on S^1 or S^2, truncated from the relative ``tol``."""
+
+    tol: float = 1e-10
+
+    def __post_init__(self) -> None:
+        _check_tol(self.tol)
+
+
+@dataclass(frozen=True)
+class AutoKernel:
+    """Pick, per attention term, the cheapest method that fits the memory budget.
+
+    Parameters
+    ----------
+    memory_budget : bytes per rank (default :func:`attnflow.resources.memory_budget`).
+    tol : the tolerance of the sparse and spectral methods.
+    evaluations : how many evaluations the set-up is amortised over.
+    """
+
+    memory_budget: int | None = None
+    tol: float = 1e-10
+    evaluations: int = 1000
+
+    def __post_init__(self) -> None:
+        _check_tol(self.tol)
+        if self.memory_budget is not None and not (
+            isinstance(self.memory_budget, (int, np.integer)) and self.memory_budget > 0
+        ):
+            raise ValueError(f"memory_budget must be an int > 0, got {self.memory_budget!r}")
+        if not (isinstance(self.evaluations, (int, np.integer)) and self.evaluations >= 1):
+            raise ValueError(f"evaluations must be an int >= 1, got {self.evaluations!r}")
+
+
+KernelChoice = DenseKernel | SparseKernel | RecomputedKernel | SpectralKernel | AutoKernel
+_CHOICES = (DenseKernel, SparseKernel, RecomputedKernel, SpectralKernel, AutoKernel)
+
+_NAMES = {
+    "auto": AutoKernel,
+    "dense": DenseKernel,
+    "sparse": SparseKernel,
+    "recomputed": RecomputedKernel,
+    "engine": RecomputedKernel,
+    "spectral": SpectralKernel,
+}
+
+
+def as_kernel_choice(kernel: Any) -> KernelChoice:
+    """A kernel choice object from an object or a name (``"auto"``, ``"dense"``,
+    ``"sparse"``, ``"recomputed"``, ``"spectral"``); one-line ``ValueError`` otherwise."""
+    if isinstance(kernel, _CHOICES):
+        return kernel
+    if isinstance(kernel, str) and kernel in _NAMES:
+        return _NAMES[kernel]()
+    raise ValueError(
+        "kernel must be 'auto', 'dense', 'sparse', 'recomputed', 'spectral' or one of "
+        f"DenseKernel(), SparseKernel(tol), RecomputedKernel(), SpectralKernel(tol), "
+        f"AutoKernel(...), got {kernel!r}"
+    )
+
+
+def kernel_name(kernel: KernelChoice) -> str:
+    """``"dense"``, ``"sparse"``, ``"recomputed"``, ``"spectral"`` or ``"auto"``."""
+    return {
+        DenseKernel: "dense",
+        SparseKernel: "sparse",
+        RecomputedKernel: "recomputed",
+        SpectralKernel: "spectral",
+        AutoKernel: "auto",
+    }[type(kernel)]
+
+
+@dataclass(frozen=True)
+class KernelEstimate:
+    """Memory (bytes per rank) and cost (seconds) of one method for one term."""
+
+    method: str
+    memory: int
+    setup: float
+    per_evaluation: float
+
+    def total(self, evaluations: int) -> float:
+        """Set-up plus ``evaluations`` evaluations."""
+        return self.setup + evaluations * self.per_evaluation
+
+
+def spectral_degree(kappa: float, tol: float) -> int:
+    """A priori truncation degree ``L`` of the expansion of ``e^{kappa cos theta}``: the
+    coefficients decay like ``e^{-n^2 / (2 |kappa|)}`` relative to the largest, so
+    ``L = sqrt(2 |kappa| log(1/tol)) + log(1/tol)`` (the second term covers small kappa)."""
+    lt = math.log(1.0 / tol)
+    return math.ceil(math.sqrt(2.0 * abs(kappa) * lt) + lt) + 2
+
+
+def kernel_estimates(
+    term: Any,
+    *,
+    n_targets: int,
+    n_sources: int,
+    solver: str,
+    tol: float = 1e-10,
+    n_dofs: int | None = None,
+    ranks: int = 1,
+) -> dict[str, KernelEstimate]:
+    """Memory and cost of every method applicable to ``term`` (a KernelTerm).
+
+    Parameters
+    ----------
+    n_targets, n_sources : global numbers of target and source points (finite elements: the
+        velocity nodes and the quadrature points).
+    solver : ``"particles"`` or ``"fem"`` (only finite elements can assemble matrices).
+    n_dofs : finite elements: the global number of density dofs (matrix columns).
+    ranks : MPI ranks sharing the work and the memory.
+    """
+    d = int(term.d)
+    wide = d >= 4
+    pairs = float(n_targets) * float(n_sources)
+    rate = _ENGINE_PAIRS_PER_S_WIDE if wide else _ENGINE_PAIRS_PER_S
+    out: dict[str, KernelEstimate] = {
+        "recomputed": KernelEstimate(
+            "recomputed",
+            int(8 * (n_targets + n_sources) * (2 * d + 2) / ranks),
+            0.0,
+            pairs / rate / ranks,
+        )
+    }
+    hardmax = bool(getattr(term, "hardmax", False))
+    if solver == "fem" and not hardmax:
+        cols = int(n_dofs if n_dofs is not None else n_sources)
+        entries = float(n_targets) * (d + 1) * cols
+        # Assembly peak: the numpy matrix and the PETSc copy (kernel_matrix's (n, m+1, n_g)
+        # array, then the Mat), i.e. two copies.
+        out["dense"] = KernelEstimate(
+            "dense",
+            int(2 * 8 * entries / ranks),
+            pairs / _ASSEMBLY_PAIRS_PER_S / ranks,
+            entries / _MATVEC_ENTRIES_PER_S / ranks,
+        )
+        frac = _sparse_fraction(term, tol)
+        out["sparse"] = KernelEstimate(
+            "sparse",
+            int(2.7 * 12 * frac * entries / ranks),  # CSR: 8 + 4 bytes, ~2.7x at assembly peak
+            pairs * max(frac, 0.01) / _ASSEMBLY_PAIRS_PER_S / ranks,
+            frac * entries / _MATVEC_ENTRIES_PER_S / ranks,
+        )
+    kappa = zonal_kappa(term)
+    if kappa is not None and abs(kappa) <= SPECTRAL_MAX_KAPPA:
+        L = spectral_degree(kappa, tol)
+        modes = (2 * L + 1) if d == 2 else (L + 1) ** 2
+        transforms = d + 1  # the denominator and d numerator components
+        per = transforms * (
+            (n_targets + n_sources) * _SPECTRAL_POINT_S / ranks
+            + modes * math.log2(modes + 2) * _SPECTRAL_MODE_S
+        )
+        mem = int(8 * transforms * ((n_targets + n_sources) / ranks + 4 * modes))
+        out["spectral"] = KernelEstimate("spectral", mem, 0.0, per)
+    return out
+
+
+def zonal_kappa(term: Any) -> float | None:
+    """``kappa`` when ``term`` (a KernelTerm) has the zonal kernel ``e^{kappa <x, y>}`` on S^1
+    or S^2 (see ``KernelTerm.zonal``), else ``None``."""
+    zonal = term.zonal() if hasattr(term, "zonal") else None
+    return None if zonal is None else float(zonal[0])
+
+
+def _sparse_fraction(term: Any, tol: float) -> float:
+    """A priori fraction of the pairs kept by the truncated matrix (1 when unknown)."""
+    kappa = zonal_kappa(term)
+    if kappa is None or kappa <= 0:
+        return 1.0
+    c = 1.0 - math.log(1.0 / tol) / kappa  # kept: <x, y> >= c
+    if c <= -1.0:
+        return 1.0
+    if term.d == 3:
+        return (1.0 - c) / 2.0  # area fraction of the cap
+    return math.acos(max(-1.0, min(1.0, c))) / math.pi
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """The method chosen for each kernel term of a dynamics, with the estimates behind it."""
+
+    choices: dict[int, Any] = field(default_factory=dict)
+    records: tuple[dict[str, Any], ...] = ()
+
+    def for_term(self, term: Any) -> Any:
+        """The concrete choice for ``term`` (RecomputedKernel if the term was not planned)."""
+        return self.choices.get(id(term), RecomputedKernel())
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One record per term: chosen method, its estimate, the budget (for ``stats``)."""
+        return [dict(r) for r in self.records]
+
+
+def plan_kernels(
+    dynamics: Any,
+    kernel: Any,
+    *,
+    n_targets: int,
+    n_sources: int,
+    solver: str,
+    n_dofs: int | None = None,
+    ranks: int = 1,
+) -> KernelPlan:
+    """Resolve ``kernel`` (a choice, a name or ``"auto"``) for every kernel term of
+    ``dynamics``; refuse (one line, ``ValueError``) an explicit choice that does not apply or
+    whose memory exceeds the budget. Nothing is allocated here."""
+    from attnflow.dynamics import KernelTerm
+    from attnflow.resources import format_bytes, memory_budget
+
+    choice = as_kernel_choice(kernel)
+    budget = (
+        choice.memory_budget
+        if isinstance(choice, AutoKernel) and choice.memory_budget is not None
+        else memory_budget()
+    )
+    choices: dict[int, Any] = {}
+    records: list[dict[str, Any]] = []
+    for term in dynamics.terms(None):
+        if not isinstance(term, KernelTerm) or id(term) in choices:
+            continue
+        tol = getattr(choice, "tol", 1e-10)
+        est = kernel_estimates(
+            term,
+            n_targets=n_targets,
+            n_sources=n_sources,
+            solver=solver,
+            tol=tol,
+            n_dofs=n_dofs,
+            ranks=ranks,
+        )
+        if isinstance(choice, AutoKernel):
+            fits = {k: e for k, e in est.items() if e.memory <= budget}
+            if not fits:
+                need = min(est.values(), key=lambda e: e.memory)
+                raise ValueError(
+                    f"kernel: no method fits the memory budget {format_bytes(budget)} per rank "
+                    f"(smallest: {need.method}, {format_bytes(need.memory)})"
+                )
+            best = min(fits.values(), key=lambda e: e.total(choice.evaluations))
+            concrete = {
+                "dense": DenseKernel(),
+                "sparse": SparseKernel(min(choice.tol, 1e-12)),
+                "recomputed": RecomputedKernel(),
+                "spectral": SpectralKernel(choice.tol),
+            }[best.method]
+        else:
+            name = "recomputed" if isinstance(choice, RecomputedKernel) else kernel_name(choice)
+            if name not in est:
+                why = {
+                    "dense": "assembled matrices are for the finite element solver",
+                    "sparse": "assembled matrices are for the finite element solver",
+                    "spectral": "it needs a zonal kernel (Q = qI, K = kI) on S^1 or S^2 with "
+                    f"|beta q k| <= {SPECTRAL_MAX_KAPPA:g}",
+                }.get(name, "it does not apply to this term")
+                if getattr(term, "hardmax", False) and name != "recomputed":
+                    why = "hardmax (beta = inf) needs the direct engine"
+                raise ValueError(f"kernel: {name!r} cannot be used here: {why}")
+            best = est[name]
+            if best.memory > budget:
+                raise ValueError(
+                    f"kernel: {name!r} needs about {format_bytes(best.memory)} per rank, over "
+                    f"the memory budget {format_bytes(budget)} (use kernel='auto', a "
+                    "sparse or recomputed kernel, more ranks, or raise ATTNFLOW_MEMORY_BUDGET)"
+                )
+            concrete = choice
+        choices[id(term)] = concrete
+        record = {
+            "method": kernel_name(concrete),
+            "requested": kernel_name(choice),
+            "memory": best.memory,
+            "setup_estimate": best.setup,
+            "evaluation_estimate": best.per_evaluation,
+            "budget": int(budget),
+        }
+        records.append(record)
+        logger.info(
+            "kernel for %s: %s (estimated %s, %.3g s set-up, %.3g s per evaluation; budget %s)",
+            type(term).__name__,
+            record["method"],
+            format_bytes(best.memory),
+            best.setup,
+            best.per_evaluation,
+            format_bytes(budget),
+        )
+    return KernelPlan(choices, tuple(records))
