@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import pkgutil
 import re
 import shutil
@@ -28,6 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+#: The environment of a serial child process: without the MPI launcher's variables, so that a
+#: child that loads mpi4py.MPI under ``mpiexec`` starts as a singleton instead of joining (and
+#: hanging on) the parent's job.
+SERIAL_ENV = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "MPI_LOCALRANKID"))
+}
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -453,6 +463,7 @@ def loaded_by():
         text=True,
         timeout=120,
         cwd=ROOT,
+        env=SERIAL_ENV,
     )
     assert out.returncode == 0, out.stderr
     res = {}
@@ -475,6 +486,7 @@ def test_probe_sees_a_heavy_import():
         text=True,
         timeout=120,
         cwd=ROOT,
+        env=SERIAL_ENV,
     )
     res = {}
     for line in out.stdout.splitlines():
