@@ -16,6 +16,8 @@ import numpy as np
 from scipy import stats
 from scipy.special import gammaln
 
+from attnflow.validation import check_int, check_real
+
 __all__ = [
     "Box",
     "DensityLaw",
@@ -72,8 +74,7 @@ class UniformSphere(Law):
     on_sphere = True
 
     def __post_init__(self) -> None:
-        if self.d < 2:
-            raise ValueError(f"d must be >= 2 for S^(d-1), got {self.d}")
+        object.__setattr__(self, "d", check_int("d", self.d, 2))
 
     def sample(self, n, rng):
         x = _rng(rng).standard_normal((_n(n), self.d))
@@ -94,8 +95,10 @@ class UniformBall(Law):
     def __post_init__(self) -> None:
         if isinstance(self.d, bool) or not isinstance(self.d, (int, np.integer)) or self.d < 1:
             raise ValueError(f"d must be an int >= 1, got {self.d!r}")
-        if not (np.isfinite(self.radius) and self.radius > 0):
+        radius = float(check_real("radius", self.radius)) if np.ndim(self.radius) == 0 else None
+        if radius is None or not (np.isfinite(radius) and radius > 0):
             raise ValueError(f"radius must be finite and > 0, got {self.radius!r}")
+        object.__setattr__(self, "radius", radius)
 
     def sample(self, n, rng):
         g = _rng(rng)
@@ -124,6 +127,13 @@ class PerturbedCircle(Law):
     on_sphere = True
 
     def __post_init__(self) -> None:
+        for name in ("eps", "phase"):
+            v = check_real(name, getattr(self, name))
+            if v.ndim != 0 or not np.isfinite(v):
+                raise ValueError(
+                    f"{name} must be a finite real number, got {getattr(self, name)!r}"
+                )
+            object.__setattr__(self, name, float(v))
         if not (abs(self.eps) <= 1.0):
             raise ValueError(f"eps must satisfy |eps| <= 1 (density >= 0), got {self.eps!r}")
         if isinstance(self.mode, bool) or not isinstance(self.mode, (int, np.integer)):
@@ -173,7 +183,11 @@ class VonMisesFisher(Law):
     on_sphere = True
 
     def __post_init__(self) -> None:
-        mu = np.asarray(self.mu, dtype=float)
+        mu = check_real("mu", self.mu)
+        kappa = check_real("kappa", self.kappa)
+        if kappa.ndim != 0:
+            raise ValueError(f"kappa must be a number, got {self.kappa!r}")
+        object.__setattr__(self, "kappa", float(kappa))
         if mu.ndim != 1 or mu.size < 2 or not np.isclose(np.linalg.norm(mu), 1.0):
             raise ValueError("mu must be a unit vector of length d >= 2")
         if not (self.kappa >= 0 and math.isfinite(self.kappa)):
@@ -206,8 +220,10 @@ class Gaussian(Law):
     on_sphere = False
 
     def __post_init__(self) -> None:
-        m = np.asarray(self.mean, dtype=float).ravel()
-        c = np.asarray(self.cov, dtype=float)
+        m = check_real("mean", self.mean).ravel()
+        c = check_real("cov", self.cov)
+        if not (np.all(np.isfinite(m)) and np.all(np.isfinite(c))):
+            raise ValueError("mean and cov must be finite")
         if c.shape != (m.size, m.size):
             raise ValueError(f"cov must have shape ({m.size}, {m.size}), got {c.shape}")
         if not np.allclose(c, c.T) or np.linalg.eigvalsh(c).min() <= 0:
@@ -237,7 +253,7 @@ class Mixture(Law):
 
     def __post_init__(self) -> None:
         comps = tuple(self.components)
-        p = np.asarray(self.probabilities, dtype=float)
+        p = check_real("probabilities", self.probabilities)
         if not comps or p.shape != (len(comps),):
             raise ValueError("probabilities must have one entry per component (at least one)")
         if np.any(p < 0) or not np.isclose(p.sum(), 1.0):
@@ -273,7 +289,7 @@ class Box:
     hi: Sequence[float]
 
     def __post_init__(self) -> None:
-        lo, hi = np.asarray(self.lo, float).ravel(), np.asarray(self.hi, float).ravel()
+        lo, hi = check_real("lo", self.lo).ravel(), check_real("hi", self.hi).ravel()
         if lo.shape != hi.shape or np.any(hi <= lo):
             raise ValueError("Box needs lo and hi of the same length with hi > lo")
         object.__setattr__(self, "lo", lo)
@@ -303,6 +319,13 @@ class DensityLaw(Law):
     def __post_init__(self) -> None:
         if not isinstance(self.domain, (Box, int)):
             raise TypeError("domain must be a Box (R^d) or an int d (the sphere S^(d-1))")
+        if not callable(self.density):
+            raise TypeError(f"density must be a callable (n, d) -> (n,), got {self.density!r}")
+        if self.bound is not None:
+            b = check_real("bound", self.bound)
+            if b.ndim != 0 or not (np.isfinite(b) and b > 0):
+                raise ValueError(f"bound must be a finite number > 0, got {self.bound!r}")
+            object.__setattr__(self, "bound", float(b))
 
     @property
     def on_sphere(self) -> bool:  # type: ignore[override]
@@ -319,7 +342,7 @@ class DensityLaw(Law):
         return lo + (hi - lo) * g.random((n, self.d))
 
     def _eval(self, x):
-        f = np.asarray(self.density(x), dtype=float).reshape(-1)
+        f = check_real("density values", self.density(x)).reshape(-1)
         if f.shape != (x.shape[0],) or not np.all(np.isfinite(f)) or np.any(f < 0):
             raise ValueError("density must return finite values >= 0, one per point")
         return f

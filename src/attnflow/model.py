@@ -153,16 +153,76 @@ class SelfAttention(KernelTerm):
                 f[ok] -= np.einsum("ij,kj->ik", x[ok], self.V)
         else:
             log_scale = shift - (self.beta if self.rescale_usa else 0.0)
-            if np.any(log_scale[den > 0] > _LOG_MAX):
-                raise FloatingPointError(
-                    f"USA velocity overflows float64 at beta={self.beta:g} (kernel up to "
-                    f"e^{log_scale[den > 0].max():.0f}); use rescale_usa=True or a smaller beta"
-                )
             f = num
             if self.centered:
                 f = num - den[:, None] * np.einsum("ij,kj->ik", x, self.V)
-            f = np.exp(np.minimum(log_scale, _LOG_MAX))[:, None] * f
+            with np.errstate(over="ignore", invalid="ignore"):
+                f = np.exp(np.minimum(log_scale, _LOG_MAX))[:, None] * f
+                bad = (shift > -np.inf) & (
+                    (log_scale > _LOG_MAX) | ~np.isfinite(den) | ~np.all(np.isfinite(f), axis=1)
+                )
+            if np.any(bad):  # the row's log-magnitude: shift + log(den) (den may be NaN)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ok = np.isfinite(den[bad]) & (den[bad] > 0)
+                    logs = np.where(ok, np.log(np.where(ok, den[bad], 1.0)), 0.0)
+                    top = float(np.max(log_scale[bad] + logs))
+                what = (
+                    "the kernel sum reaches"
+                    if math.isfinite(top)
+                    else "a step too large for a field this size threw the tokens off and the"
+                    " kernel sum reaches"
+                )
+                raise FloatingPointError(self._overflow_message(what, top))
         return f
+
+    # -- a priori bounds (overflow) -------------------------------------------------------------
+    def log_kernel_bound(self, radius: float) -> float:
+        """``log`` of an a priori bound of the kernel ``e^{beta <Q x, K y>}`` (times
+        ``e^{-beta}`` with ``rescale_usa``) over ``|x|, |y| <= radius``:
+        ``beta radius^2 |Q^T K|_2`` (minus ``beta``); ``inf`` for hardmax."""
+        if self.hardmax:
+            return math.inf
+        qk = float(np.linalg.norm(self.Q.T @ self.K, 2))
+        with np.errstate(over="ignore"):
+            score = float(np.float64(self.beta) * np.float64(radius) ** 2 * qk)
+        return score - (self.beta if self.rescale_usa else 0.0)
+
+    def check_finite_field(self, radius: float, mass: float = 1.0) -> float:
+        """Refuse a model whose field must overflow float64 for tokens with ``|x| <= radius``
+        and a measure of total mass ``mass``; returns ``log`` of the field bound.
+
+        The scores ``beta <Q x, K y>`` must be finite (SA and USA; the engine subtracts their
+        maximum, so SA is safe at any finite score). USA (``normalized=False``): the field is
+        at most ``mass |V|_2 (1 + c) R e^{bound}`` (:meth:`log_kernel_bound`); when its
+        ``log`` exceeds 709 every evaluation overflows, so the model is refused at set-up with
+        one line naming ``beta`` and suggesting ``rescale_usa=True``. Raises ``ValueError``.
+        """
+        if self.hardmax:
+            return math.log(max(float(np.linalg.norm(self.V, 2)) * 2.0 * radius, 1e-300))
+        log_k = self.log_kernel_bound(radius)
+        if not math.isfinite(log_k):
+            raise ValueError(
+                f"beta={self.beta:g} makes the scores beta <Qx, Ky> overflow float64 for |x| <= "
+                f"{radius:g}; use a smaller beta (or beta=math.inf for hardmax)"
+            )
+        vnorm = float(np.linalg.norm(self.V, 2)) * (2.0 if self.centered else 1.0)
+        size = mass * vnorm * radius
+        log_size = math.log(size) if size > 0 else -math.inf
+        if self.normalized:
+            return log_size
+        log_f = log_k + log_size
+        if log_f > _LOG_MAX:
+            raise ValueError(self._overflow_message("its a priori bound is", log_f, "at set-up"))
+        return log_f
+
+    def _overflow_message(self, what: str, log_value: float, when: str = "") -> str:
+        shown = f"e^{{{log_value:.1e}}}" if math.isfinite(log_value) else "an infinite exponent"
+        hint = "use rescale_usa=True (the field times e^-beta, i.e. time in units of e^beta)"
+        where = f" {when}" if when else ""
+        return (
+            f"USA field overflows float64 at beta={self.beta:g}{where}: {what} {shown} (float64 "
+            f"ends at e^709); {hint}, or a smaller beta"
+        )
 
     def speed_bound(self, radius: float, mass: float = 1.0) -> float:
         """``|V|_2 (1 + c) R`` (SA: a convex combination of ``V (y - c x)``); USA:

@@ -44,6 +44,8 @@ class Status(enum.Enum):
 
     SUCCESS = "success"
     NONFINITE = "non-finite state"
+    #: The state stayed finite but a recorded quantity (an energy) overflowed to inf or NaN.
+    OVERFLOW = "overflow"
 
 
 def _stats(stats: Mapping[str, Any] | None) -> Mapping[str, Any]:

@@ -13,13 +13,37 @@ __all__ = [
     "check_int",
     "check_matrix",
     "check_positive",
+    "check_real",
 ]
+
+
+def _refuse_complex(name: str, a: object) -> None:
+    if np.iscomplexobj(a):
+        raise ValueError(f"{name} must be real, got complex values")
+
+
+def check_real(name: str, value: object) -> np.ndarray:
+    """``value`` as a float64 array (a 0-d array for a scalar) if it is real and numeric.
+
+    Complex values are refused (numpy would silently drop their imaginary part), as are
+    non-numeric ones; one line naming ``name``.
+    """
+    _refuse_complex(name, value)
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be a real number or array of numbers, got {value!r}"
+        ) from None
+    return a
 
 
 def check_positive(name: str, value: float, *, allow_inf: bool = False) -> float:
     """Return ``value`` as float if it is > 0 (and finite unless ``allow_inf``)."""
+    if isinstance(value, (complex, np.complexfloating)):
+        raise TypeError(f"{name} must be a positive real number, got complex {value!r}")
     try:
-        v = float(value)
+        v = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a positive number, got {value!r}") from None
     if math.isnan(v) or v <= 0 or (math.isinf(v) and not allow_inf):
@@ -49,8 +73,12 @@ def check_betas(betas: object) -> np.ndarray:
 
 
 def check_matrix(name: str, m: object, d: int) -> np.ndarray:
-    """A read-only float64 copy of a ``(d, d)`` finite matrix."""
-    a = np.array(m, dtype=np.float64)
+    """A read-only float64 copy of a ``(d, d)`` finite real matrix."""
+    _refuse_complex(name, m)
+    try:
+        a = np.array(m, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a ({d}, {d}) matrix of numbers, got {m!r}") from None
     if a.shape != (d, d):
         raise ValueError(f"{name} must have shape ({d}, {d}), got {a.shape}")
     if not np.all(np.isfinite(a)):
@@ -60,8 +88,12 @@ def check_matrix(name: str, m: object, d: int) -> np.ndarray:
 
 
 def as_points(name: str, x: object, d: int, *, on_sphere: bool = False) -> np.ndarray:
-    """Check a ``(n, d)`` array of finite points (on the unit sphere to 1e-8 if asked)."""
-    a = np.asarray(x, dtype=np.float64)
+    """Check a ``(n, d)`` array of finite real points (on the unit sphere to 1e-8 if asked)."""
+    _refuse_complex(name, x)
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an (n, {d}) array of numbers") from None
     if a.ndim != 2 or a.shape[1] != d:
         raise ValueError(f"{name} must have shape (n, {d}), got {a.shape}")
     if not np.all(np.isfinite(a)):
@@ -74,10 +106,14 @@ def as_points(name: str, x: object, d: int, *, on_sphere: bool = False) -> np.nd
 
 
 def as_weights(name: str, w: object, n: int) -> np.ndarray:
-    """Check ``(n,)`` finite non-negative weights; ``None`` means uniform ``1/n``."""
+    """Check ``(n,)`` finite real non-negative weights; ``None`` means uniform ``1/n``."""
     if w is None:
         return np.full(n, 1.0 / n) if n else np.zeros(0)
-    a = np.asarray(w, dtype=np.float64)
+    _refuse_complex(name, w)
+    try:
+        a = np.asarray(w, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an ({n},) array of numbers") from None
     if a.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {a.shape}")
     if not np.all(np.isfinite(a)):
