@@ -33,6 +33,7 @@ __all__ = [
     "MESH_DIR",
     "MeshError",
     "cache_dir",
+    "check_mesh",
     "circle_arrays",
     "icosphere",
     "read_mesh",
@@ -42,6 +43,13 @@ __all__ = [
 
 #: The sphere meshes shipped with the package (package data, levels 0..MAX_COMMITTED_LEVEL).
 MESH_DIR = Path(__file__).resolve().parent / "data" / "meshes"
+
+#: Vertices closer than this times the mesh's extent are duplicates; cells whose measure is
+#: below this times (their longest edge)^dim are degenerate.
+DEGENERATE_RTOL = 1e-12
+
+#: Vertices of a manifold (sphere) mesh must have ``| |p| - 1 | <=`` this.
+SPHERE_TOL = 1e-6
 
 #: The largest icosphere level shipped in :data:`MESH_DIR`; larger ones go to :func:`cache_dir`.
 MAX_COMMITTED_LEVEL = 4
@@ -236,6 +244,108 @@ def _check_arrays(p: Path, points: np.ndarray, cells: np.ndarray) -> None:
         raise MeshError(f"{p}: cells of dimension {cells.shape[1] - 1} need more coordinates")
 
 
+def _cell_measures(x: np.ndarray) -> np.ndarray:
+    """Measures of simplices ``x`` (m, k, gdim): lengths, areas or volumes."""
+    k, gdim = x.shape[1], x.shape[2]
+    e = x[:, 1:] - x[:, :1]  # (m, k - 1, gdim) edge vectors from the first vertex
+    if k == 2:
+        return np.linalg.norm(e[:, 0], axis=1)
+    if k == 3 and gdim == 2:
+        return 0.5 * np.abs(e[:, 0, 0] * e[:, 1, 1] - e[:, 0, 1] * e[:, 1, 0])
+    if k == 3:
+        return 0.5 * np.linalg.norm(np.cross(e[:, 0], e[:, 1]), axis=1)
+    return np.abs(np.einsum("mi,mi->m", e[:, 0], np.cross(e[:, 1], e[:, 2]))) / 6.0
+
+
+def check_mesh(
+    points: np.ndarray, cells: np.ndarray, path: str | Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Geometric checks of a simplex mesh (arrays already of the right shapes and types).
+
+    * no duplicate vertices: two vertices used by the cells closer than ``DEGENERATE_RTOL``
+      (1e-12) times the mesh's extent;
+    * no degenerate cells: a zero-length segment, a zero-area triangle or a zero-volume
+      tetrahedron (measure below ``DEGENERATE_RTOL`` times its longest edge to the power of
+      its dimension, or a vertex repeated in a cell);
+    * manifold meshes (cells of a lower dimension than the points: the circle S^1 in R^2, the
+      sphere S^2 in R^3): every vertex on the unit sphere (to ``SPHERE_TOL``, 1e-6) and every
+      cell oriented the same way, i.e. ``det[p0, p1] > 0`` for every segment (counter-clockwise)
+      or for none, ``det[p0, p1, p2] > 0`` for every triangle (outward normal) or for none.
+
+    Parameters
+    ----------
+    points : ndarray of float, shape (n, gdim)
+    cells : ndarray of int, shape (m, k)
+    path : the file the arrays come from (named in the message).
+
+    Returns
+    -------
+    The arrays, unchanged.
+
+    Raises
+    ------
+    MeshError
+        One line naming the file (or "mesh") and the first offending cell or vertex.
+    """
+    where = str(path) if path is not None else "mesh"
+    pts = np.asarray(points, dtype=np.float64)
+    cl = np.asarray(cells, dtype=np.int64)
+    used = np.flatnonzero(np.bincount(cl.ravel(), minlength=pts.shape[0]))
+    up = pts[used]
+    extent = float(np.max(up.max(axis=0) - up.min(axis=0))) if up.size else 0.0
+    if extent > 0 and used.size > 1:
+        from scipy.spatial import cKDTree
+
+        pairs = cKDTree(up).query_pairs(DEGENERATE_RTOL * extent, output_type="ndarray")
+        if len(pairs):
+            i, j = used[pairs[0, 0]], used[pairs[0, 1]]
+            raise MeshError(
+                f"{where}: vertices {min(i, j)} and {max(i, j)} coincide ({len(pairs)} duplicate "
+                "pair(s) of vertices); merge them"
+            )
+    x = pts[cl]  # (m, k, gdim)
+    k, gdim = cl.shape[1], pts.shape[1]
+    tdim = k - 1
+    edges = np.stack(
+        [np.linalg.norm(x[:, a] - x[:, b], axis=1) for a in range(k) for b in range(a + 1, k)],
+        axis=1,
+    )
+    measure = _cell_measures(x)
+    small = (
+        measure <= DEGENERATE_RTOL * np.maximum(edges.max(axis=1), DEGENERATE_RTOL * extent) ** tdim
+    )
+    if np.any(small):
+        c = int(np.flatnonzero(small)[0])
+        kind = {1: "zero-length segment", 2: "zero-area triangle", 3: "zero-volume tetrahedron"}
+        raise MeshError(
+            f"{where}: cell {c} {cl[c].tolist()} is a {kind[tdim]} ({int(small.sum())} "
+            "degenerate cell(s)); remove them"
+        )
+    if tdim < gdim:
+        err = np.abs(np.linalg.norm(up, axis=1) - 1.0)
+        if err.max() > SPHERE_TOL:
+            v = int(used[np.argmax(err)])
+            raise MeshError(
+                f"{where}: a manifold mesh must have its vertices on the unit sphere, vertex {v} "
+                f"has | |p| - 1 | = {err.max():.2e} (> {SPHERE_TOL:g})"
+            )
+        if tdim == gdim - 1:
+            # det[p0, ..] (m,): the orientation of each cell seen from the centre
+            if gdim == 2:
+                det = x[:, 0, 0] * x[:, 1, 1] - x[:, 0, 1] * x[:, 1, 0]
+            else:
+                det = np.einsum("mi,mi->m", x[:, 0], np.cross(x[:, 1], x[:, 2]))
+            inward = det < 0
+            if np.any(inward) and not np.all(inward):
+                c = int(np.flatnonzero(inward if inward.sum() <= x.shape[0] / 2 else ~inward)[0])
+                raise MeshError(
+                    f"{where}: cells are not consistently oriented: {int(inward.sum())} of "
+                    f"{x.shape[0]} have det[p0, ..] < 0 (inward), the others > 0 (outward), e.g. "
+                    f"cell {c} {cl[c].tolist()}; orient them all the same way"
+                )
+    return points, cells
+
+
 def read_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a mesh file (``.npz`` with arrays ``points`` and ``cells``) and check it.
 
@@ -254,8 +364,10 @@ def read_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     Raises
     ------
     MeshError
-        The file is missing, not an ``.npz``, lacks an array, or the arrays have a bad shape,
-        type or index range; the message is one line and names the file.
+        The file is missing, not an ``.npz``, lacks an array, the arrays have a bad shape,
+        type or index range, or the mesh is degenerate (:func:`check_mesh`: duplicate
+        vertices, zero-measure cells, a sphere mesh off the sphere or inconsistently oriented);
+        the message is one line and names the file.
     """
     p = Path(path)
     if not p.is_file():
@@ -271,7 +383,7 @@ def read_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         reason = " ".join(str(e).splitlines())
         raise MeshError(f"cannot read {p} as .npz: {reason}") from None
     _check_arrays(p, points, cells)
-    return points.astype(np.float64), cells.astype(np.int64)
+    return check_mesh(points.astype(np.float64), cells.astype(np.int64), p)
 
 
 def write_mesh(path: str | Path, points: np.ndarray, cells: np.ndarray) -> Path:
@@ -300,6 +412,7 @@ def write_mesh(path: str | Path, points: np.ndarray, cells: np.ndarray) -> Path:
     p = Path(path)
     points, cells = np.asarray(points), np.asarray(cells)
     _check_arrays(p, points, cells)
+    check_mesh(points, cells, p)
     return write_npz_atomic(
         p, compressed=True, points=points.astype(np.float64), cells=cells.astype(np.int64)
     )
