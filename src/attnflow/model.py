@@ -212,16 +212,17 @@ class SelfAttention(KernelTerm):
             return log_size
         log_f = log_k + log_size
         if log_f > _LOG_MAX:
-            raise ValueError(self._overflow_message("its a priori bound is", log_f, "at set-up"))
+            raise ValueError(
+                self._overflow_message("its a priori bound is", log_f, "must overflow")
+            )
         return log_f
 
-    def _overflow_message(self, what: str, log_value: float, when: str = "") -> str:
+    def _overflow_message(self, what: str, log_value: float, verb: str = "overflows") -> str:
         shown = f"e^{{{log_value:.1e}}}" if math.isfinite(log_value) else "an infinite exponent"
         hint = "use rescale_usa=True (the field times e^-beta, i.e. time in units of e^beta)"
-        where = f" {when}" if when else ""
         return (
-            f"USA field overflows float64 at beta={self.beta:g}{where}: {what} {shown} (float64 "
-            f"ends at e^709); {hint}, or a smaller beta"
+            f"USA field {verb} float64 at beta={self.beta:g}: {what} {shown} (float64 ends at "
+            f"e^709); {hint}, or a smaller beta"
         )
 
     def speed_bound(self, radius: float, mass: float = 1.0) -> float:

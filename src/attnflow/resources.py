@@ -39,7 +39,9 @@ __all__ = [
     "MeshCounts",
     "ResourceError",
     "available_memory",
+    "check_field_overflow",
     "check_memory",
+    "check_particle_run",
     "check_steps",
     "engine_memory",
     "ensemble_memory",
@@ -445,3 +447,70 @@ def fem_memory(
     if checkpoints:
         saves += _F8 * 2 * int(n_save) * n_groups
     return int(mesh + setup + kern + saves)
+
+
+# -- the checks of the solvers' entry points -------------------------------------------------
+def check_field_overflow(
+    model: Any,
+    radius: float | None = None,
+    mass: float = 1.0,
+    *,
+    points: Any = (),
+    comm: Any = None,
+) -> None:
+    """Call ``check_finite_field(radius, mass)`` of every term of ``model`` that has one
+    (:meth:`attnflow.SelfAttention.check_finite_field`: a USA field that must overflow float64
+    is refused in one line naming ``beta``).
+
+    ``radius`` defaults to 1 on the sphere, else to the largest norm of the arrays ``points``
+    (the largest over the ranks of ``comm``: every rank then decides alike).
+    """
+    if radius is None:
+        if model.sphere:
+            radius = 1.0
+        else:
+            norms = [float(np.max(np.linalg.norm(p, axis=1))) for p in points if np.size(p)]
+            radius = max(norms, default=0.0)
+            if comm is not None:
+                radius = max(comm.allgather(radius))
+    for term in model.terms(None):
+        check = getattr(term, "check_finite_field", None)
+        if check is not None:
+            check(max(float(radius), 1e-300), float(mass))
+
+
+def check_particle_run(
+    model: Any,
+    n_particles: int,
+    n_save: int,
+    t_final: float,
+    dt: float,
+    *,
+    x0: np.ndarray | None = None,
+    mass: float = 1.0,
+    stages: int = 4,
+    n_runs: int | None = None,
+    comm: Any = None,
+    what: str = "simulate",
+) -> None:
+    """The a priori checks of a particle run, before it allocates anything: the number of steps
+    (:func:`check_steps`), the memory (:func:`particle_memory`, or :func:`ensemble_memory` with
+    ``n_runs``) and, when the tokens ``x0`` are given or live on the sphere, the field's
+    overflow (:func:`check_field_overflow`; an ensemble in R^d checks it after sampling).
+    With ``comm`` the budget is rank 0's, so every rank decides alike.
+    """
+    n, d = int(n_particles), int(model.d)
+    ranks = 1 if comm is None else int(comm.size)
+    check_steps(t_final, dt, what)
+    if n_runs is None:
+        need = particle_memory(n, d, n_save, stages=stages, ranks=ranks)
+        item = f"{what}: {n} tokens in d={d} with {n_save} saves"
+    else:
+        need = ensemble_memory(n, d, n_save, n_runs, stages=stages, ranks=ranks)
+        item = f"{what}: {n_runs} runs of {n} tokens in d={d} with {n_save} saves"
+    budget = memory_budget(ranks=ranks)
+    if comm is not None:
+        budget = comm.bcast(budget, root=0)
+    check_memory(item, need, budget)
+    if model.sphere or x0 is not None:
+        check_field_overflow(model, None, mass, points=() if x0 is None else (x0,))

@@ -21,6 +21,7 @@ from attnflow.dynamics import Dynamics
 from attnflow.laws import Law
 from attnflow.particles.integrate import RK4, Euler
 from attnflow.particles.stepping import check_restart, march
+from attnflow.resources import check_field_overflow, check_particle_run
 from attnflow.solutions import EnsembleSolution, Status
 from attnflow.states import CheckpointError, ParticleState, rng_states_json
 from attnflow.timegrid import check_dt, check_every, time_grid
@@ -82,12 +83,25 @@ def ensemble(
         raise ValueError("law must live where the model's tokens live (same d, sphere or R^d)")
     n_particles = check_int("n_particles", n_particles, 1)
     n_runs = check_int("n_runs", n_runs, 1)
+    seed = check_int("seed", seed, 0)
     if not isinstance(method, (RK4, Euler)):
         raise TypeError(f"method must be RK4() or Euler(), got {method!r}")
     dt = check_dt(dt)
     grid = time_grid(t_final, save_times, breakpoints=model.breakpoints)
     ts = grid.save_times
     every = check_every(checkpoint_every, on_checkpoint)
+    # Steps, memory and USA overflow, before anything is allocated (attnflow.resources).
+    check_particle_run(
+        model,
+        n_particles,
+        ts.size,
+        grid.t_final,
+        dt,
+        stages=method.stages,
+        n_runs=n_runs,
+        comm=comm,
+        what="ensemble",
+    )
     d = model.d
     if restart is not None:
         check_restart(restart, dt, grid, (n_runs, n_particles, d))
@@ -117,6 +131,8 @@ def ensemble(
             saved[r] = list(restart.saved[r])
             status[r] = Status(restart.status[r])
             rng_state[r] = restart.rng_states[r] if restart.rng_states else ""
+    if restart is None and not model.sphere:  # R^d: the field bound needs the drawn tokens
+        check_field_overflow(model, points=[xs[r] for r in mine], comm=comm)
     if restart is not None:
         step0, segment0 = restart.step, restart.segment
         segment_step0, wall0 = restart.segment_step, restart.wall_time

@@ -33,6 +33,7 @@ import numpy as np
 from attnflow.cloud import Cloud
 from attnflow.dynamics import Dynamics
 from attnflow.particles.stepping import blocks, check_restart, march
+from attnflow.resources import check_particle_run
 from attnflow.solutions import Solution, Status
 from attnflow.states import ParticleState
 from attnflow.timegrid import check_dt, check_every, time_grid
@@ -130,6 +131,18 @@ def simulate(
     if not isinstance(method, (RK4, Euler)):
         raise TypeError(f"method must be RK4() or Euler(), got {method!r}")
     every = check_every(checkpoint_every, on_checkpoint)
+    # Steps, memory and USA overflow, before anything is allocated (attnflow.resources).
+    check_particle_run(
+        model,
+        n,
+        grid.save_times.size,
+        grid.t_final,
+        dt,
+        x0=x,
+        mass=float(w.sum()),
+        stages=method.stages,
+        comm=comm,
+    )
     if restart is not None:
         check_restart(restart, dt, grid, (1, n, model.d))
 
