@@ -217,7 +217,7 @@ def test_output_files_are_written_only_where_asked(tmp_path_factory, monkeypatch
         ),
         (
             lambda: MeanFieldSolver(
-                af.SelfAttention(2), circle_mesh(8), af.UniformSphere(2), kernel="dense"
+                af.SelfAttention(2), circle_mesh(8), af.UniformSphere(2), kernel="dens"
             ),
             "kernel must be",
         ),

@@ -40,7 +40,7 @@ Both use :mod:`attnflow.kernels`, the engine the particle solver uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import dolfinx.fem
 import numpy as np
@@ -50,6 +50,13 @@ from petsc4py import PETSc
 from attnflow.dynamics import KernelTerm
 from attnflow.fem.transport import QuadratureCloud
 from attnflow.kernels import kernel_matrix, kernel_matrix_sparse, kernel_sums
+from attnflow.kernels.choice import (
+    DenseKernel,
+    RecomputedKernel,
+    SparseKernel,
+    SpectralKernel,
+    kernel_name,
+)
 
 __all__ = [
     "TINY_DENOMINATOR",
@@ -70,32 +77,9 @@ UNDERFLOW_DENOMINATOR = 1e-270
 TRUNCATION_RTOL = 1e-8
 
 
-@dataclass(frozen=True)
-class DenseKernel:
-    """Assemble the kernel once as a dense parallel PETSc matrix (small and medium meshes)."""
-
-
-@dataclass(frozen=True)
-class SparseKernel:
-    """Assemble the kernel once as a sparse PETSc matrix, truncated at ``tol`` (large beta)."""
-
-    tol: float = 1e-12
-
-    def __post_init__(self) -> None:
-        if not (0 < self.tol < 1):
-            raise ValueError(f"tol must be in (0, 1), got {self.tol!r}")
-
-
-@dataclass(frozen=True)
-class RecomputedKernel:
-    """Evaluate the kernel sums with the engine at every stage (no stored matrix)."""
-
-
-def kernel_choice_name(kernel: DenseKernel | SparseKernel | RecomputedKernel) -> str:
-    """``"dense"``, ``"sparse"`` or ``"recomputed"``."""
-    return {DenseKernel: "dense", SparseKernel: "sparse", RecomputedKernel: "recomputed"}[
-        type(kernel)
-    ]
+def kernel_choice_name(kernel: Any) -> str:
+    """``"dense"``, ``"sparse"``, ``"recomputed"`` or ``"spectral"``."""
+    return kernel_name(kernel)
 
 
 def allgather(comm: MPI.Comm, a: np.ndarray) -> np.ndarray:
@@ -114,7 +98,15 @@ class KernelOperator:
         equals the mesh's geometric dimension.
     W : the DG density space; U : the P1 vector velocity space on the same mesh.
     cloud : quadrature of the owned cells of ``W`` (see :func:`cell_quadrature`).
-    kernel : :class:`DenseKernel`, :class:`SparseKernel` or :class:`RecomputedKernel`.
+    kernel : :class:`DenseKernel`, :class:`SparseKernel`, :class:`RecomputedKernel` or
+        :class:`SpectralKernel` (a concrete choice: ``"auto"`` is resolved by the solver).
+
+    The engine (recomputed kernel, and the rows an assembled kernel cannot trust) sums over the
+    distinct quadrature points with the density's weights ``|J| w_q rho(y_q)``; the assembled
+    matrices have one column group per (cell, local dof). The spectral kernel evaluates the
+    zonal kernel at the quadrature points mapped radially onto the sphere (the map by which
+    ``rho0`` is evaluated too; it differs from the assembled kernel by O(h^2), the geometric
+    error of the faceted mesh) and needs no gathering: each rank transforms its own points.
     """
 
     def __init__(self, model: KernelTerm, W, U, cloud: QuadratureCloud, kernel) -> None:
@@ -150,6 +142,12 @@ class KernelOperator:
         self.src_dofs = allgather(self.comm, gdofs.astype(np.int64))
         self.n_q = n_q
         self.b, self.v = model.sources(self.src_pts)
+        #: All distinct quadrature points (every rank, rank order) and their sources, for the
+        #: engine.
+        self.pts = allgather(self.comm, np.ascontiguousarray(cloud.points))
+        self.b_pts, self.v_pts = model.sources(self.pts)
+        #: Number of targets the spectral method could not trust (recomputed exactly).
+        self.spectral_recomputed = 0
         #: Whether every row's largest kernel value sits at the node itself (sphere, Q and K
         #: positive multiples of I): then a small shifted denominator means no mass near the
         #: node, and the velocity there moves no mass. Otherwise (R^d, general Q, K) the row
@@ -162,10 +160,19 @@ class KernelOperator:
             self._assemble_dense()
         elif isinstance(kernel, SparseKernel):
             self._assemble_sparse(kernel.tol)
+        elif isinstance(kernel, SpectralKernel):
+            zonal = model.zonal()
+            if zonal is None:
+                raise ValueError(
+                    "kernel: 'spectral' needs a zonal kernel (Q = qI, K = kI) on S^1 or S^2"
+                )
+            self.kappa, self.V = zonal
+            p = np.ascontiguousarray(cloud.points)
+            self.sphere_pts = p / np.linalg.norm(p, axis=1, keepdims=True)
         elif not isinstance(kernel, RecomputedKernel):
             raise TypeError(
-                "kernel must be DenseKernel(), SparseKernel(tol) or RecomputedKernel(), "
-                f"got {kernel!r}"
+                "kernel must be DenseKernel(), SparseKernel(tol), RecomputedKernel() or "
+                f"SpectralKernel(tol), got {kernel!r}"
             )
 
     # -- assembly --------------------------------------------------------------------------
@@ -242,8 +249,10 @@ class KernelOperator:
         denominator is too small to trust (it underflowed, or the truncated entries could
         outweigh the kept ones) are recomputed with the engine, with the exact per-row shift.
         """
+        if isinstance(self.kernel, SpectralKernel):
+            return self._spectral_sums(rho)
         if not isinstance(self.kernel, (DenseKernel, SparseKernel)):
-            s = kernel_sums(self.a, self.b, self.v, self.cloud_weights(rho))
+            s = kernel_sums(self.a, self.b_pts, self.v_pts, self.cloud_weights(rho))
             return s.shift, s.den, s.num
         self.A.mult(rho.x.petsc_vec, self._y)
         y = self._y.array_r.reshape(self.n_nodes, self.gdim + 1)
@@ -262,16 +271,30 @@ class KernelOperator:
         if n_bad:  # the same branch on every rank: the gather below is collective
             w_all = self.cloud_weights(rho)
             if bad.any():
-                s = kernel_sums(self.a[bad], self.b, self.v, w_all)
+                s = kernel_sums(self.a[bad], self.b_pts, self.v_pts, w_all)
                 shift[bad], den[bad], num[bad] = s.shift, s.den, s.num
             self.rows_recomputed += n_bad
         return shift, den, num
 
+    def _spectral_sums(self, rho: dolfinx.fem.Function) -> tuple[np.ndarray, ...]:
+        from attnflow.kernels.spectral import zonal_sums
+
+        s = zonal_sums(
+            self.targets,
+            self.sphere_pts,
+            self._local_weights(rho),
+            self.kappa,
+            tol=self.kernel.tol,
+            comm=self.comm,
+        )
+        self.spectral_recomputed += int(getattr(s, "recomputed", 0) or 0)
+        return s.shift, s.den, s.num @ self.V.T
+
+    def _local_weights(self, rho: dolfinx.fem.Function) -> np.ndarray:
+        """(n_owned_points,) weights ``|J| w_q max(rho(y_q), 0)`` of the owned cells."""
+        return self.cloud.density_weights(rho.x.array, clip=True)
+
     def cloud_weights(self, rho: dolfinx.fem.Function) -> np.ndarray:
-        """Weights of all quadrature points (every rank, rank order) for ``rho``; collective."""
-        n_q = self.cloud.n_q
-        n_cells = self.cloud.cell_dofs.shape[0]
-        w_local = self.cloud.weights.reshape(n_cells, 1, n_q)
-        coef = rho.x.array[self.cloud.cell_dofs]  # (n_cells, n_l)
-        w = (w_local * self.cloud.tab.T[None] * coef[:, :, None]).reshape(-1)
-        return allgather(self.comm, np.maximum(w, 0.0))
+        """Weights of all distinct quadrature points (every rank, rank order) for ``rho``;
+        collective."""
+        return allgather(self.comm, self._local_weights(rho))

@@ -50,12 +50,6 @@ from petsc4py import PETSc
 
 from attnflow.cloud import Cloud
 from attnflow.dynamics import Dynamics
-from attnflow.fem.kernel_operator import (
-    DenseKernel,
-    RecomputedKernel,
-    SparseKernel,
-    kernel_choice_name,
-)
 from attnflow.fem.ordering import InputOrder
 from attnflow.fem.timestepping import DEFAULT_TS_OPTIONS, SSP_COEFFICIENT, inserted_options
 from attnflow.fem.transport import (
@@ -65,10 +59,13 @@ from attnflow.fem.transport import (
     transport_form,
 )
 from attnflow.fem.velocity import NodalVelocity
+from attnflow.kernels.choice import KernelChoice, as_kernel_choice, plan_kernels
 from attnflow.laws import Law
+from attnflow.resources import check_field_overflow, check_memory, check_steps, memory_budget
 from attnflow.solutions import FieldSolution, Status
 from attnflow.states import CheckpointError, FieldState
 from attnflow.timegrid import TimeGrid, check_every, time_grid
+from attnflow.validation import check_real
 
 __all__ = ["FieldSolution", "MeanFieldSolver"]
 
@@ -89,9 +86,13 @@ class MeanFieldSolver:
         ``(n, d)`` points to ``(n,)`` values >= 0. L2-projected onto DG_k (then limited).
     degree : polynomial degree of the density: 0 (upwind finite volumes) or 1 (DG1 with the
         Zhang–Shu positivity limiter after every stage).
-    kernel : for every attention term: :class:`DenseKernel` (assembled once),
-        :class:`SparseKernel` (assembled once, truncated; for large beta) or
-        :class:`RecomputedKernel` (engine at every stage).
+    kernel : how the kernel sums of every attention term are computed: ``"auto"`` (default:
+        the cheapest method whose memory fits the budget, chosen per term from estimates of
+        memory and cost, see :mod:`attnflow.kernels.choice`; the choice is logged and recorded
+        in ``stats``), :class:`DenseKernel` (assembled once), :class:`SparseKernel` (assembled
+        once, truncated; for large beta), :class:`SpectralKernel` (zonal kernels on S^1 and
+        S^2) or :class:`RecomputedKernel` (the engine at every stage); or their names. An
+        explicit choice that does not fit the memory budget is refused before assembly.
     cfl : fraction of the SSP time-step bound (0 < cfl <= 1).
     quadrature_degree : degree of the cell quadrature of the kernel integrals.
     petsc_options : PETSc options of the TS (keys without the dash and the prefix, e.g.
@@ -111,7 +112,7 @@ class MeanFieldSolver:
         rho0: Law | Callable[[np.ndarray], np.ndarray],
         *,
         degree: int = 0,
-        kernel: DenseKernel | SparseKernel | RecomputedKernel = DenseKernel(),
+        kernel: KernelChoice | str = "auto",
         cfl: float = 0.9,
         quadrature_degree: int = 4,
         petsc_options: Mapping[str, Any] | None = None,
@@ -120,11 +121,7 @@ class MeanFieldSolver:
     ) -> None:
         if not isinstance(model, Dynamics):
             raise TypeError(f"model must be a Dynamics, got {type(model).__name__}")
-        if not isinstance(kernel, (DenseKernel, SparseKernel, RecomputedKernel)):
-            raise TypeError(
-                "kernel must be DenseKernel(), SparseKernel(tol) or RecomputedKernel(), "
-                f"got {kernel!r}"
-            )
+        kernel = as_kernel_choice(kernel)
         if petsc_options is not None and not isinstance(petsc_options, Mapping):
             raise TypeError(f"petsc_options must be a dict, got {type(petsc_options).__name__}")
         if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
@@ -144,6 +141,12 @@ class MeanFieldSolver:
             raise ValueError(f"degree must be 0 or 1, got {degree!r}")
         if not (0 < cfl <= 1):
             raise ValueError(f"cfl must be in (0, 1], got {cfl!r}")
+        if isinstance(rho0, Law) and (rho0.d != gdim or bool(rho0.on_sphere) != manifold):
+            space = {True: "S^{} in R^{}", False: "R^{1}"}
+            raise ValueError(
+                f"rho0 must be a law on the mesh's space {space[manifold].format(gdim - 1, gdim)}, "
+                f"got one on {space[bool(rho0.on_sphere)].format(rho0.d - 1, rho0.d)}"
+            )
         self.model, self.mesh, self.comm = model, mesh, mesh.comm
         self.W = dolfinx.fem.functionspace(mesh, ("DG", degree))
         self.U = dolfinx.fem.functionspace(mesh, ("Lagrange", 1, (gdim,)))
@@ -165,8 +168,27 @@ class MeanFieldSolver:
         self._set_initial(rho0, normalize=bool(normalize))
         self._rho0 = self.rho.x.array.copy()
         self._rhs_count = 0
+        # A USA field that must overflow is refused before assembly (attnflow.resources).
+        radius = float(np.max(np.linalg.norm(mesh.geometry.x, axis=1)))
+        mass0 = float(np.sum(self._phi_integrals * self.rho.x.array[q.cell_dofs]))
+        check_field_overflow(
+            model, self.comm.allreduce(radius, op=MPI.MAX), self.comm.allreduce(mass0)
+        )
         self.kernel = kernel
-        self.velocity = NodalVelocity(model, self.W, self.U, self.cloud, kernel)
+        #: The method of each attention term and the estimates behind it (``"auto"``).
+        self.kernel_plan = plan_kernels(
+            model,
+            kernel,
+            n_targets=self.U.dofmap.index_map.size_global,
+            n_sources=self.comm.allreduce(self.cloud.points.shape[0]),
+            n_assembly_sources=self.comm.allreduce(
+                self.cloud.points.shape[0] * self.cloud.cell_dofs.shape[1]
+            ),
+            solver="fem",
+            n_dofs=self.W.dofmap.index_map.size_global,
+            ranks=self.comm.size,
+        )
+        self.velocity = NodalVelocity(model, self.W, self.U, self.cloud, self.kernel_plan)
         phi = ufl.TestFunction(self.W)
         self._form = dolfinx.fem.form(
             transport_form(self.rho, self.u, phi, mesh, boundary=not manifold)
@@ -187,7 +209,7 @@ class MeanFieldSolver:
         pts = self.cloud.points
         if self.model.sphere:  # the faceted mesh is mapped to the sphere by radial projection
             pts = pts / np.linalg.norm(pts, axis=1, keepdims=True)
-        vals = np.asarray(f(pts), dtype=float).reshape(-1)
+        vals = check_real("rho0 values", f(pts)).reshape(-1)
         if vals.shape != (self.cloud.points.shape[0],) or not np.all(np.isfinite(vals)):
             raise ValueError("rho0 must return one finite value per point")
         if np.any(vals < 0):
@@ -238,11 +260,6 @@ class MeanFieldSolver:
         b.scatter_reverse(dolfinx.la.InsertMode.add)
         cd = self.cloud.cell_dofs
         f.array[cd] = np.einsum("cij,cj->ci", self._minv, b.array[cd])
-
-    def _cloud_weights(self) -> np.ndarray:
-        q = self.cloud
-        dens = self.rho.x.array[q.cell_dofs] @ q.tab.T  # (cells, n_q): rho at the points
-        return (q.weights.reshape(-1, q.n_q) * dens).reshape(-1)
 
     def _gather_cloud(self, w: np.ndarray) -> np.ndarray:
         """Per-point arrays of all ranks in input cell order, on every rank; collective."""
@@ -323,6 +340,14 @@ class MeanFieldSolver:
         """
         grid = time_grid(t_final, save_times, breakpoints=self.model.breakpoints)
         every = check_every(checkpoint_every, on_checkpoint)
+        # Steps (of the CFL step) and the saved densities, before the run (attnflow.resources).
+        check_steps(grid.t_final, self.dt, "MeanFieldSolver.solve with its CFL step")
+        n_pts, n_save = self.n_cells_global * self.cloud.n_q, grid.save_times.size
+        check_memory(
+            f"MeanFieldSolver.solve: {n_save} saved densities of {n_pts} points",
+            8 * n_pts * (2 * n_save + 4),
+            self.comm.bcast(memory_budget(ranks=self.comm.size), root=0),
+        )
         if restart is not None:
             self._check_restart(restart, grid)
         run = _Run(
@@ -401,6 +426,8 @@ class MeanFieldSolver:
         wall = run.wall0 + time.perf_counter() - run.start
         mass = np.array(rec["mass"])
         status = Status.SUCCESS if np.all(np.isfinite(mass)) else Status.NONFINITE
+        if status is Status.SUCCESS and run.energy and not np.all(np.isfinite(rec["energy"])):
+            status = Status.OVERFLOW  # an energy that is NaN or inf never comes with success
         if self.comm.rank == 0:
             logger.info(
                 "MeanFieldSolver: %d steps of dt=%.3g, mass drift %.2e, %.2fs",
@@ -415,7 +442,8 @@ class MeanFieldSolver:
             "wall_time": wall,
             "dt": float(self.dt),
             "degree": int(self.degree),
-            "kernel": kernel_choice_name(self.kernel),
+            "kernel": "+".join(r["method"] for r in self.kernel_plan.describe()) or "none",
+            "kernel_plan": self.kernel_plan.describe(),
             "matrix_entries": self.velocity.matrix_entries,
             "rows_recomputed": self.velocity.rows_recomputed - rows0,
             "ranks": int(self.comm.size),
@@ -504,7 +532,7 @@ class MeanFieldSolver:
 
     def _record(self, run: _Run, t: float, writers) -> None:
         rec = run.rec
-        w = self._gather_cloud(self._cloud_weights())
+        w = self._gather_cloud(self.cloud.density_weights(self.rho.x.array))
         rec["t"].append(t)
         rec["mass"].append(self.mass())
         rec["w"].append(w)

@@ -64,7 +64,15 @@ class QuadratureCloud:
 
     @property
     def n_q(self) -> int:
+        """Quadrature points per cell."""
         return self.tab.shape[0]
+
+    def density_weights(self, dofs: np.ndarray, *, clip: bool = False) -> np.ndarray:
+        """(n_cells * n_q,) weights ``|det J| w_q rho(y_q)`` of the density with dof array
+        ``dofs`` (the density as a weighted cloud); ``clip`` sets negative ones to 0."""
+        dens = dofs[self.cell_dofs] @ self.tab.T  # (cells, n_q): rho at the points
+        w = (self.weights.reshape(-1, self.n_q) * dens).reshape(-1)
+        return np.maximum(w, 0.0) if clip else w
 
 
 def cell_quadrature(W: dolfinx.fem.FunctionSpace, degree: int) -> QuadratureCloud:

@@ -39,8 +39,9 @@ class NodalVelocity:
         dimension).
     W : the DG density space; U : the P1 vector velocity space on the same mesh.
     cloud : quadrature of the owned cells of ``W``.
-    kernel : the kernel choice of every kernel term (``DenseKernel()``, ``SparseKernel(tol)``
-        or ``RecomputedKernel()``).
+    kernel : the concrete kernel choice of every kernel term (``DenseKernel()``,
+        ``SparseKernel(tol)``, ``RecomputedKernel()``, ``SpectralKernel(tol)``), or a
+        :class:`~attnflow.kernels.choice.KernelPlan` (one choice per term).
     """
 
     def __init__(self, dynamics: Dynamics, W, U, cloud: QuadratureCloud, kernel) -> None:
@@ -57,7 +58,8 @@ class NodalVelocity:
         self.operators: dict[int, KernelOperator] = {}
         for term in dynamics.terms(None):
             if isinstance(term, KernelTerm) and id(term) not in self.operators:
-                self.operators[id(term)] = KernelOperator(term, W, U, cloud, kernel)
+                choice = kernel.for_term(term) if hasattr(kernel, "for_term") else kernel
+                self.operators[id(term)] = KernelOperator(term, W, U, cloud, choice)
         self._points: np.ndarray | None = None
         self.active = dynamics
 
@@ -90,9 +92,7 @@ class NodalVelocity:
         """The density as the cloud of all quadrature points (every rank); collective."""
         if self._points is None:
             self._points = allgather(self.comm, self.cloud.points)
-        q = self.cloud
-        dens = rho.x.array[q.cell_dofs] @ q.tab.T
-        w = allgather(self.comm, np.maximum(q.weights.reshape(-1, q.n_q) * dens, 0.0).ravel())
+        w = allgather(self.comm, self.cloud.density_weights(rho.x.array, clip=True))
         return Cloud(self._points, w)
 
     def __call__(self, rho: dolfinx.fem.Function, u: dolfinx.fem.Function, t: float = 0.0) -> None:

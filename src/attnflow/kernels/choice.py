@@ -45,6 +45,9 @@ __all__ = [
     "kernel_estimates",
     "kernel_name",
     "plan_kernels",
+    "spectral_available",
+    "spectral_degree",
+    "zonal_kappa",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,7 +57,7 @@ logger = logging.getLogger(__name__)
 SPECTRAL_MAX_KAPPA = 1000.0
 
 # Throughputs of the reference machine (2 cores), used only to rank the methods.
-_ENGINE_PAIRS_PER_S = 2.0e9  # fused engine, d <= 3 (README: 2.0-2.35 G pairs/s)
+_ENGINE_PAIRS_PER_S = 1.2e9  # fused engine, d <= 3, with the gathers (README fem_step: 0.27 s/step)
 _ENGINE_PAIRS_PER_S_WIDE = 0.25e9  # unfused, d >= 4
 _MATVEC_ENTRIES_PER_S = 1.5e9  # PETSc MatMult, dense or AIJ (README fem_step table)
 _ASSEMBLY_PAIRS_PER_S = 0.6e9  # kernel_matrix: scores, exp, per-group sums
@@ -192,6 +195,7 @@ def kernel_estimates(
     solver: str,
     tol: float = 1e-10,
     n_dofs: int | None = None,
+    n_assembly_sources: int | None = None,
     ranks: int = 1,
 ) -> dict[str, KernelEstimate]:
     """Memory and cost of every method applicable to ``term`` (a KernelTerm).
@@ -202,6 +206,8 @@ def kernel_estimates(
         velocity nodes and the quadrature points).
     solver : ``"particles"`` or ``"fem"`` (only finite elements can assemble matrices).
     n_dofs : finite elements: the global number of density dofs (matrix columns).
+    n_assembly_sources : finite elements: the source points the assembly visits (one group
+        of quadrature points per cell and local dof; default ``n_sources``).
     ranks : MPI ranks sharing the work and the memory.
     """
     d = int(term.d)
@@ -219,6 +225,7 @@ def kernel_estimates(
     hardmax = bool(getattr(term, "hardmax", False))
     if solver == "fem" and not hardmax:
         cols = int(n_dofs if n_dofs is not None else n_sources)
+        pairs = float(n_targets) * float(n_assembly_sources or n_sources)
         entries = float(n_targets) * (d + 1) * cols
         # Assembly peak: the numpy matrix and the PETSc copy (kernel_matrix's (n, m+1, n_g)
         # array, then the Mat), i.e. two copies.
@@ -236,7 +243,7 @@ def kernel_estimates(
             frac * entries / _MATVEC_ENTRIES_PER_S / ranks,
         )
     kappa = zonal_kappa(term)
-    if kappa is not None and abs(kappa) <= SPECTRAL_MAX_KAPPA:
+    if kappa is not None and abs(kappa) <= SPECTRAL_MAX_KAPPA and spectral_available(d):
         L = spectral_degree(kappa, tol)
         modes = (2 * L + 1) if d == 2 else (L + 1) ** 2
         transforms = d + 1  # the denominator and d numerator components
@@ -247,6 +254,18 @@ def kernel_estimates(
         mem = int(8 * transforms * ((n_targets + n_sources) / ranks + 4 * modes))
         out["spectral"] = KernelEstimate("spectral", mem, 0.0, per)
     return out
+
+
+def spectral_available(d: int) -> bool:
+    """Whether the spectral method can run here: its module and its transform library
+    (``finufft`` on S^1, ``ducc0`` on S^2) are installed."""
+    from importlib.util import find_spec
+
+    lib = "finufft" if d == 2 else "ducc0"
+    try:
+        return find_spec("attnflow.kernels.spectral") is not None and find_spec(lib) is not None
+    except (ImportError, ValueError):  # pragma: no cover
+        return False
 
 
 def zonal_kappa(term: Any) -> float | None:
@@ -293,6 +312,7 @@ def plan_kernels(
     n_sources: int,
     solver: str,
     n_dofs: int | None = None,
+    n_assembly_sources: int | None = None,
     ranks: int = 1,
 ) -> KernelPlan:
     """Resolve ``kernel`` (a choice, a name or ``"auto"``) for every kernel term of
@@ -305,7 +325,7 @@ def plan_kernels(
     budget = (
         choice.memory_budget
         if isinstance(choice, AutoKernel) and choice.memory_budget is not None
-        else memory_budget()
+        else memory_budget(ranks=ranks)
     )
     choices: dict[int, Any] = {}
     records: list[dict[str, Any]] = []

@@ -18,6 +18,7 @@ import numpy as np
 
 from attnflow.cloud import Cloud
 from attnflow.dynamics import Dynamics
+from attnflow.kernels.choice import plan_kernels
 from attnflow.laws import Law
 from attnflow.particles.integrate import RK4, Euler
 from attnflow.particles.stepping import check_restart, march
@@ -48,6 +49,7 @@ def ensemble(
     on_checkpoint: Callable[[ParticleState], None] | None = None,
     restart: ParticleState | None = None,
     progress: Callable[[float, int], None] | None = None,
+    kernel: Any = "auto",
 ) -> EnsembleSolution:
     """Run ``n_runs`` independent particle systems of ``n_particles`` tokens drawn from ``law``.
 
@@ -69,6 +71,10 @@ def ensemble(
         ``seed``, sizes, ``dt``, ``t_final``, ``save_times``), on every rank: the runs
         continue from it (on any number of ranks) and end bitwise as uninterrupted ones.
     progress : ``progress(t, step)`` after every step, on every rank.
+    kernel : how the kernel sums of the attention terms are computed: ``"auto"`` (default:
+        the direct engine, or the spectral method for zonal kernels on S^1 and S^2 when it is
+        cheaper; see :mod:`attnflow.kernels.choice`), ``"recomputed"`` (always the engine),
+        ``"spectral"`` / ``SpectralKernel(tol)``. Recorded in ``stats["kernel"]``.
 
     Returns an :class:`~attnflow.solutions.EnsembleSolution` (identical on every rank and for
     any rank count); ``stats`` holds ``steps``, ``rhs_evaluations`` (per run: steps × stages),
@@ -103,6 +109,9 @@ def ensemble(
         what="ensemble",
     )
     d = model.d
+    plan = plan_kernels(
+        model, kernel, n_targets=n_particles, n_sources=n_particles, solver="particles"
+    )
     if restart is not None:
         check_restart(restart, dt, grid, (n_runs, n_particles, d))
         if restart.seed != seed:
@@ -140,7 +149,7 @@ def ensemble(
     active: dict[str, Any] = {"k": -1, "dyn": model}
 
     def field(y: np.ndarray, t: float) -> np.ndarray:
-        return active["dyn"].evaluate(y, Cloud(y, w), t)
+        return active["dyn"].evaluate(y, Cloud(y, w), t, kernel=plan)
 
     def advance(t: float, h: float, k: int) -> None:
         if active["k"] != k:  # the dynamics of this interval between events
@@ -229,6 +238,8 @@ def ensemble(
         "method": type(method).__name__,
         "ranks": size,
         "seed": seed,
+        "kernel": "+".join(r["method"] for r in plan.describe()) or "none",
+        "kernel_plan": plan.describe(),
     }
     return EnsembleSolution(
         t=ts[:n_saved],

@@ -32,6 +32,7 @@ import numpy as np
 
 from attnflow.cloud import Cloud
 from attnflow.dynamics import Dynamics
+from attnflow.kernels.choice import plan_kernels
 from attnflow.particles.stepping import blocks, check_restart, march
 from attnflow.resources import check_particle_run
 from attnflow.solutions import Solution, Status
@@ -90,6 +91,7 @@ def simulate(
     on_checkpoint: Callable[[ParticleState], None] | None = None,
     restart: ParticleState | None = None,
     progress: Callable[[float, int], None] | None = None,
+    kernel: Any = "auto",
 ) -> Solution:
     """Integrate the particle system ``dx_i/dt = X[mu_N](x_i, t)`` from ``x0`` to ``t_final``.
 
@@ -112,6 +114,10 @@ def simulate(
         ``t_final``, ``save_times``; ``x0`` then only fixes the shape): the integration
         continues from it and ends bitwise as the uninterrupted one.
     progress : ``progress(t, step)`` after every step, on every rank.
+    kernel : how the kernel sums of the attention terms are computed: ``"auto"`` (default:
+        the direct engine, or the spectral method for zonal kernels on S^1 and S^2 when it is
+        cheaper; see :mod:`attnflow.kernels.choice`), ``"recomputed"`` (always the engine),
+        ``"spectral"`` / ``SpectralKernel(tol)``. Recorded in ``stats["kernel"]``.
 
     Returns
     -------
@@ -145,6 +151,7 @@ def simulate(
     )
     if restart is not None:
         check_restart(restart, dt, grid, (1, n, model.d))
+    plan = plan_kernels(model, kernel, n_targets=n, n_sources=n, solver="particles")
 
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
     lo, hi = blocks(n, size)[rank]
@@ -180,7 +187,7 @@ def simulate(
         def field(y_local: np.ndarray, s: float) -> np.ndarray:
             run["rhs"] += 1
             cloud = Cloud(y_local if comm is None else gather(y_local), w)
-            return dyn.evaluate(y_local, cloud, s)
+            return dyn.evaluate(y_local, cloud, s, kernel=plan)
 
         run["x"] = geo.retract(method.step(field, run["x"], t, h))
 
@@ -236,5 +243,7 @@ def simulate(
         "dt": dt,
         "method": type(method).__name__,
         "ranks": size,
+        "kernel": "+".join(r["method"] for r in plan.describe()) or "none",
+        "kernel_plan": plan.describe(),
     }
     return Solution(t=ts[: len(saved)], x=np.stack(saved), weights=w, status=status, stats=stats)
