@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnflow.kernels import _numba
+from attnflow.kernels import _numba, tiled
 from attnflow.kernels.choice import (
     AutoKernel,
     DenseKernel,
@@ -107,7 +107,10 @@ def kernel_sums(
     else:
         with np.errstate(divide="ignore"):
             logw = np.log(w)
-        shift, den, num = _numba.softmax_sums(a, bT, vT, logw)
+        if a.shape[1] >= tiled.MIN_DIM:  # BLAS tiles (scores and values by dgemm)
+            shift, den, num = tiled.tiled_softmax_sums(a, b, values, logw)
+        else:
+            shift, den, num = _numba.softmax_sums(a, bT, vT, logw)
     return KernelSums(shift=shift, den=den, num=num)
 
 

@@ -20,7 +20,14 @@ import numpy as np
 from numba.core import types
 from numba.extending import intrinsic
 
-__all__ = ["exp_nonpositive", "hardmax_sums", "softmax_sums"]
+__all__ = [
+    "exp_inline",
+    "exp_nonpositive",
+    "hardmax_sums",
+    "prefer_wide_vectors",
+    "softmax_sums",
+    "tile_max",
+]
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693145751953125
@@ -787,3 +794,12 @@ def tree_candidates(a, bT, logw, starts, log_tol, tree, max_fraction):
         _tree_walk(a, i, anorm, bT, logw, starts, cut[i], tree, cand[ptr[i] : ptr[i + 1]], True)
         cand[ptr[i] : ptr[i + 1]].sort()  # the same column order as visiting all groups
     return ptr, cand
+
+
+# Public handles of inlined helpers, for the other compiled engine of this package
+# (:mod:`attnflow.kernels.tiled` fuses them into its own tile loop). ``exp_inline`` is exact to
+# < 5e-16 relative on ``[-708, 709)``, 0 below -708 and for -inf; ``tile_max(buf, n, scratch)``
+# is the vectorised maximum of ``buf[:n]`` (``scratch`` holds ``n // 2 + 1``).
+exp_inline = _exp1
+prefer_wide_vectors = _prefer_wide_vectors
+tile_max = _tile_max
