@@ -14,8 +14,13 @@ either the previous checkpoint or the new one, never a partial file, even if the
 killed (``SIGKILL``) in between.
 
 :class:`CheckpointWriter` names the files ``<kind>-<step:08d>.npz`` in a directory, keeps the
-newest ``keep`` of each kind and is called collectively (rank 0 writes). Problems raise
-:class:`~attnflow.states.CheckpointError`.
+newest ``keep`` of each kind and is called collectively (rank 0 writes); with a
+:class:`~attnflow.app.manifest.Manifest` it records every file there (pending before writing,
+with its hash after). Problems raise :class:`~attnflow.states.CheckpointError`, naming the file.
+
+:func:`select_checkpoint` picks the newest checkpoint of a kind that reads completely (and
+matches the manifest): a truncated or corrupt newer one is reported and skipped, so a resume
+continues from the previous valid one.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from __future__ import annotations
 import logging
 import re
 import time
+import zipfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +45,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "read_checkpoint",
+    "select_checkpoint",
     "write_checkpoint",
 ]
 
@@ -105,8 +114,16 @@ def read_checkpoint(path: str | Path) -> tuple[FieldState | ParticleState, str]:
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+        return _state(path, data)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]
+        ) from None
+
+
+def _state(path: Path, data: dict[str, Any]) -> tuple[FieldState | ParticleState, str]:
     version = int(data.get("format_version", -1))
     if version != FORMAT_VERSION:
         raise CheckpointError(
@@ -165,6 +182,29 @@ def list_checkpoints(directory: str | Path, kind: str) -> list[tuple[int, Path]]
     return sorted(found)
 
 
+def select_checkpoint(
+    directory: str | Path,
+    kind: str,
+    verify: Callable[[Path], str | None] | None = None,
+) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint of ``kind`` that reads completely and passes ``verify`` (a
+    callable returning ``None`` or the reason a file is not to be used, e.g.
+    :meth:`attnflow.app.manifest.Manifest.verify`), and ``(path, reason)`` of every newer one
+    skipped. ``(None, [...])`` when none is valid (``(None, [])``: there is none)."""
+    bad: list[tuple[Path, str]] = []
+    for _, path in reversed(list_checkpoints(directory, kind)):
+        reason = verify(path) if verify is not None else None
+        if reason is None:
+            try:
+                read_checkpoint(path)
+            except CheckpointError as e:
+                reason = str(e)
+        if reason is None:
+            return path, bad
+        bad.append((path, reason))
+    return None, bad
+
+
 def latest_checkpoint(directory: str | Path, kind: str) -> Path | None:
     """The newest checkpoint of ``kind`` in ``directory`` (``None`` if there is none)."""
     found = list_checkpoints(directory, kind)
@@ -181,6 +221,8 @@ class CheckpointWriter:
     config_text : the resolved configuration stored in every checkpoint.
     keep : how many of the newest checkpoints of this kind to keep (>= 1).
     comm : an mpi4py communicator (``None``: serial).
+    manifest : the run directory's :class:`~attnflow.app.manifest.Manifest` (rank 0), which
+        records the files written and removed.
 
     ``seconds`` accumulates the time spent writing (the checkpoint overhead), ``count`` the
     number of files written.
@@ -194,6 +236,7 @@ class CheckpointWriter:
         config_text: str = "",
         keep: int = 1,
         comm: Any = None,
+        manifest: Any = None,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep!r}")
@@ -202,6 +245,7 @@ class CheckpointWriter:
         self.config_text = config_text
         self.keep = int(keep)
         self.comm = comm
+        self.manifest = manifest
         self.seconds = 0.0
         self.count = 0
 
@@ -212,9 +256,15 @@ class CheckpointWriter:
         if rank == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
             path = self.directory / f"{self.kind}-{state.step:08d}.npz"
+            if self.manifest is not None:
+                self.manifest.pending(path)
             write_checkpoint(path, state, self.config_text)
-            for _, old in list_checkpoints(self.directory, self.kind)[: -self.keep]:
-                old.unlink(missing_ok=True)
+            old = [p for _, p in list_checkpoints(self.directory, self.kind)[: -self.keep]]
+            for p in old:
+                p.unlink(missing_ok=True)
+            if self.manifest is not None:
+                self.manifest.record(path)
+                self.manifest.forget(*old)
             logger.debug("checkpoint %s (t=%.6g)", path.name, state.t)
         self.count += 1
         self.seconds += time.perf_counter() - start

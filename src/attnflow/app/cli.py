@@ -13,7 +13,13 @@ Every command works the same under ``mpiexec -n K``. Configurations are validate
 rank before anything is written; an invalid one prints one line (``ConfigError: key: what is
 allowed``) on rank 0 and exits with status 2. Only rank 0 logs (unless ``--log-all-ranks``)
 and shows a progress bar (unless ``--quiet``). An uncaught error on any rank is logged and
-aborts all ranks (``MPI_Abort``) instead of leaving the others waiting.
+aborts all ranks (``MPI_Abort``) instead of leaving the others waiting; on rank 0 the error
+and its traceback also go to the run's ``run.log``.
+
+attnflow only deletes what it wrote: ``--overwrite`` removes the files listed in the
+directory's manifest (:mod:`attnflow.app.manifest`) and refuses when anything else is there;
+``--resume`` verifies the configuration, result files and checkpoints it reuses
+(:mod:`attnflow.app.resume`).
 
 The schema of the configuration files is documented in ``docs/config.md``; examples are in
 ``examples/``.
@@ -24,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +49,9 @@ from attnflow.app.config import (
     read_toml,
 )
 from attnflow.app.logs import add_log_file, configure_logging
+from attnflow.app.manifest import MANIFEST_NAME, Manifest, ManifestError
+from attnflow.app.preflight import check_initial_on_quadrature
+from attnflow.app.resume import check_resume
 from attnflow.app.sweep import csv_row, sweep_points, sweep_table, write_summary_csv
 from attnflow.io import write_text_atomic
 from attnflow.states import CheckpointError
@@ -72,40 +81,76 @@ def _agree(comm, error: str | None) -> str | None:
     return next((e for e in errors if e), None)
 
 
-def _check_new_dir(path: Path, *, overwrite: bool, key: str) -> None:
+def _check_new_dir(path: Path, *, overwrite: bool, key: str, inspect: bool = True) -> None:
+    """A new run or sweep directory: absent or empty, or (``overwrite``) holding only what
+    attnflow wrote (``inspect``: hash the files; rank 0 only, the others agree with it)."""
+    if path.is_symlink():
+        raise ConfigError(
+            key,
+            f"{path} is a symbolic link: give the directory itself (attnflow neither writes "
+            "through nor deletes links)",
+        )
     if path.exists() and not path.is_dir():
         raise ConfigError(key, f"{path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                key,
-                f"{path} exists and is not empty (continue it with --resume {path}, or replace "
-                "it with --overwrite)",
-            )
-        if not _made_by_attnflow(path):
-            raise ConfigError(
-                key, f"{path} is not an attnflow run directory: --overwrite will not delete it"
-            )
+    if not path.exists():
+        ancestor = next(p for p in path.parents if p.exists() or p.is_symlink())
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise ConfigError(key, f"cannot create {path}: {ancestor} is not a writable directory")
+        return
+    try:
+        empty = not any(path.iterdir())
+    except OSError as e:
+        raise ConfigError(key, f"cannot list {path}: {e.strerror}") from None
+    if empty:
+        return
+    if not overwrite:
+        raise ConfigError(
+            key,
+            f"{path} exists and is not empty (continue it with --resume {path}, or replace "
+            "it with --overwrite)",
+        )
+    if not inspect:
+        return
+    try:
+        manifest = Manifest.load(path)
+    except ManifestError as e:
+        raise ConfigError(key, f"{e}: --overwrite will not delete anything there") from None
+    if manifest is None:
+        raise ConfigError(
+            key,
+            f"{path} is not an attnflow run directory (no {MANIFEST_NAME}): --overwrite will "
+            "not delete it",
+        )
+    foreign = manifest.foreign()
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise ConfigError(
+            key,
+            f"{path}: {foreign[0]}{more}: --overwrite will not delete it (attnflow only "
+            "deletes what it wrote; move it away or choose another directory)",
+        )
 
 
-def _made_by_attnflow(path: Path) -> bool:
-    """A run or sweep directory written by attnflow (its configuration's header says so)."""
-    for name in ("config.toml", "sweep.toml"):
-        try:
-            with open(path / name, encoding="utf-8") as f:
-                if f.readline().startswith("# attnflow "):
-                    return True
-        except OSError:
-            continue
-    return False
-
-
-def _prepare_dir(comm, path: Path, *, overwrite: bool) -> None:
+def _prepare_dir(comm, path: Path, *, overwrite: bool, kind: str = "run") -> Manifest | None:
+    """Empty (``overwrite``: remove what attnflow wrote) or create the directory and start
+    its manifest; collective. Returns the manifest on rank 0."""
+    manifest = None
     if comm.rank == 0:
-        if overwrite and path.is_dir():
-            shutil.rmtree(path)
+        old = Manifest.load(path) if overwrite and path.is_dir() else None
+        if old is not None:
+            old.remove_owned()
         path.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest(path, kind)
+        manifest.save()
     comm.Barrier()
+    return manifest
+
+
+def _on_rank0(comm, check) -> None:
+    """Run ``check()`` on rank 0 only (reads and hashes files); the other ranks agree with
+    its verdict in :func:`_agree`."""
+    if comm.rank == 0:
+        check()
 
 
 def _overrides(args) -> list[tuple[str, Any]]:
@@ -135,41 +180,73 @@ def _validate_run(args, comm) -> tuple[Config, Path, bool]:
                 raise ConfigError(k, "only checkpoint.* can change when resuming")
         run_dir = Path(args.resume).expanduser().absolute()
         path = run_dir / "config.toml"
-        if not path.is_file():
+        if run_dir.is_symlink() or not path.is_file() or path.is_symlink():
             raise ConfigError("--resume", f"{run_dir} is not a run directory (no config.toml)")
-        return load_config(path, overrides, output=run_dir), run_dir, True
+        cfg = load_config(path, overrides, output=run_dir)
+        if not _summary_complete(run_dir):
+            _on_rank0(comm, lambda: check_resume(run_dir, cfg))
+            check_initial_on_quadrature(cfg)
+        return cfg, run_dir, True
     if args.config is None:
         raise ConfigError("CONFIG", "give a configuration file (or --resume RUN_DIR)")
     cfg = load_config(args.config, overrides, output=args.output)
     if cfg.output.directory is None:
         raise ConfigError("output.directory", "required (or pass --output DIR)")
     run_dir = Path(cfg.output.directory)
-    _check_new_dir(run_dir, overwrite=args.overwrite, key="output.directory")
+    _check_new_dir(
+        run_dir, overwrite=args.overwrite, key="output.directory", inspect=comm.rank == 0
+    )
+    check_initial_on_quadrature(cfg)
     return cfg, run_dir, False
 
 
-def _run_one(cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool) -> dict:
-    """Write the resolved config (if new or changed) and execute; collective."""
+def _run_one(
+    cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool, manifest: Manifest | None
+) -> dict:
+    """Write the resolved config (if new or changed) and execute; collective. A failure is
+    also written, with its traceback, to ``run.log``."""
     from attnflow.app import runner  # (numba, the solvers: only when running)
 
     text = cfg.to_toml()
+    handler = None
     if comm.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if manifest is None:
+            manifest = Manifest.open(run_dir)
         path = run_dir / "config.toml"
         if not path.is_file() or path.read_text() != text:
+            manifest.pending(path)
             write_text_atomic(path, text)
+            manifest.record(path)
+        manifest.pending(run_dir / "run.log")
+        handler = add_log_file(run_dir / "run.log")
     comm.Barrier()
-    handler = add_log_file(run_dir / "run.log") if comm.rank == 0 else None
     try:
         if resume:
             logger.info("resuming %s on %d rank(s)", run_dir, comm.size)
         else:
             logger.info("run %s into %s on %d rank(s)", cfg.run.name, run_dir, comm.size)
-        return runner.execute(cfg, run_dir, comm, resume=resume, quiet=quiet)
+        return runner.execute(cfg, run_dir, comm, resume=resume, quiet=quiet, manifest=manifest)
+    except BaseException as e:
+        if handler is not None:  # the console gets it from main()
+            what = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            record = logging.getLogger("attnflow").makeRecord(
+                __name__,
+                logging.CRITICAL,
+                __file__,
+                0,
+                "attnflow %s on rank 0: %s: %s",
+                (what, type(e).__name__, e),
+                sys.exc_info(),
+            )
+            handler.handle(record)
+        raise
     finally:
         if handler is not None:
             logging.getLogger("attnflow").removeHandler(handler)
             handler.close()
+            assert manifest is not None
+            manifest.record(run_dir / "run.log", append=True)
 
 
 def _cmd_run(args, comm) -> int:
@@ -185,15 +262,20 @@ def _cmd_run(args, comm) -> int:
     if resume and _summary_complete(run_dir):
         _say(comm, f"{run_dir}: already complete (summary.json); nothing to do")
         return EXIT_OK
+    manifest = None
     if not resume:
-        _prepare_dir(comm, run_dir, overwrite=args.overwrite)
+        manifest = _prepare_dir(comm, run_dir, overwrite=args.overwrite)
     try:
-        summary = _run_one(cfg, run_dir, comm, resume=resume, quiet=args.quiet)
+        summary = _run_one(cfg, run_dir, comm, resume=resume, quiet=args.quiet, manifest=manifest)
     except CheckpointError as e:
         _say(comm, f"CheckpointError: {e}", err=True)
         return EXIT_USAGE
+    status = summary["status"]
+    if status != "complete":
+        _say(comm, f"{run_dir}: {status}: {'; '.join(summary.get('problems', []))}", err=True)
+        return EXIT_FAILURE
     if not args.quiet:
-        _say(comm, f"{run_dir}: {summary['status']} ({summary['timings']['total']:.1f}s)")
+        _say(comm, f"{run_dir}: {status} ({summary['timings']['total']:.1f}s)")
     return EXIT_OK
 
 
@@ -205,7 +287,7 @@ def _sweep_raw(args, comm) -> tuple[dict, Path, bool]:
             raise ConfigError("--resume", "continues SWEEP_DIR in place: no CONFIG/--output/--set")
         sweep_dir = Path(args.resume).expanduser().absolute()
         path = sweep_dir / "sweep.toml"
-        if not path.is_file():
+        if sweep_dir.is_symlink() or not path.is_file():
             raise ConfigError("--resume", f"{sweep_dir} is not a sweep directory (no sweep.toml)")
         raw = read_toml(path)
         if isinstance(raw.get("output"), dict):  # the directory may have been moved
@@ -221,8 +303,21 @@ def _validate_sweep(args, comm):
     raw, sweep_dir, resume = _sweep_raw(args, comm)
     base = parse_config(raw, allow_sweep=True, sweep_point=True)
     if not resume:
-        _check_new_dir(sweep_dir, overwrite=args.overwrite, key="output.directory")
-    return raw, base, sweep_dir, resume, sweep_points(raw, base, sweep_dir)
+        _check_new_dir(
+            sweep_dir, overwrite=args.overwrite, key="output.directory", inspect=comm.rank == 0
+        )
+    elif comm.rank == 0 and Manifest.load(sweep_dir) is None:
+        raise ConfigError("--resume", f"{sweep_dir} has no {MANIFEST_NAME} (an older attnflow?)")
+    points = sweep_points(raw, base, sweep_dir)
+    for i, (_, cfg) in enumerate(points):
+        run_dir = Path(cfg.output.directory)
+        try:
+            check_initial_on_quadrature(cfg)
+            if resume and (run_dir / "config.toml").is_file() and not _summary_complete(run_dir):
+                _on_rank0(comm, lambda d=run_dir, c=cfg: check_resume(d, c))
+        except ConfigError as e:
+            raise ConfigError(e.key, f"{e.message} (sweep point {i}: {run_dir.name})") from None
+    return raw, base, sweep_dir, resume, points
 
 
 def _cmd_sweep(args, comm) -> int:
@@ -235,12 +330,17 @@ def _cmd_sweep(args, comm) -> int:
     if error:
         _say(comm, f"ConfigError: {error}", err=True)
         return EXIT_USAGE
+    manifest = None
     if not resume:
-        _prepare_dir(comm, sweep_dir, overwrite=args.overwrite)
-        if comm.rank == 0:
+        manifest = _prepare_dir(comm, sweep_dir, overwrite=args.overwrite, kind="sweep")
+        if manifest is not None:
             header = f"attnflow sweep over {base.sweep.parameter}: {len(points)} points"
+            manifest.pending(sweep_dir / "sweep.toml")
             write_text_atomic(sweep_dir / "sweep.toml", dumps_toml(raw, header=header))
+            manifest.record(sweep_dir / "sweep.toml")
         comm.Barrier()
+    elif comm.rank == 0:
+        manifest = Manifest.open(sweep_dir, "sweep")
     rows = []
     parameter = base.sweep.parameter
     for i, (value, cfg) in enumerate(points):
@@ -251,14 +351,22 @@ def _cmd_sweep(args, comm) -> int:
         else:
             logger.info("point %d/%d: %s = %r", i + 1, len(points), parameter, value)
             again = resume and (run_dir / "config.toml").is_file()
+            point = None
+            if manifest is not None:
+                manifest.record_dir(run_dir)
+                point = Manifest.open(run_dir)
             try:
-                summary = _run_one(cfg, run_dir, comm, resume=again, quiet=args.quiet)
+                summary = _run_one(
+                    cfg, run_dir, comm, resume=again, quiet=args.quiet, manifest=point
+                )
             except CheckpointError as e:
                 _say(comm, f"CheckpointError: {e}", err=True)
                 return EXIT_USAGE
         rows.append(csv_row(i, value, summary, run_dir))
-        if comm.rank == 0:
+        if manifest is not None:
+            manifest.pending(sweep_dir / "summary.csv")
             write_summary_csv(sweep_dir / "summary.csv", parameter, rows)
+            manifest.record(sweep_dir / "summary.csv")
     comm.Barrier()
     if not args.quiet:
         _say(comm, f"{sweep_dir}: {len(points)} points, table in summary.csv")

@@ -16,8 +16,13 @@ The solutions are the library's solution files: read them back with
 :func:`attnflow.solutions.load_solution`. A phase (finite elements, then particles) whose
 result file exists is done; otherwise it starts from its newest checkpoint when resuming, or
 from the beginning. Every function here is collective over ``comm``; files are written by
-rank 0, atomically. The objects of a run are made by :mod:`attnflow.app.build`, the figure by
-:mod:`attnflow.app.figures`.
+rank 0, atomically, and recorded in the directory's manifest (:mod:`attnflow.app.manifest`:
+pending before writing, with size and hash after), so that ``--overwrite`` removes exactly
+them and a resume can verify what it reuses. The objects of a run are made by
+:mod:`attnflow.app.build`, the figure by :mod:`attnflow.app.figures`.
+
+A run whose solutions are not finite (a solver's status, or NaN/inf energies) is not
+``complete``: its summary says ``"non-finite"`` and the command exits with status 1.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import math
 import platform
 import time
 import tomllib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +42,12 @@ import numpy as np
 
 import attnflow
 from attnflow.app import build
-from attnflow.app.checkpoint import CheckpointWriter, latest_checkpoint, read_checkpoint
+from attnflow.app.checkpoint import CheckpointWriter, read_checkpoint, select_checkpoint
 from attnflow.app.config import Config
 from attnflow.app.figures import summary_figure
 from attnflow.app.logs import Progress
+from attnflow.app.manifest import Manifest
+from attnflow.app.resume import record_problem
 from attnflow.io import write_point_cloud_series, write_text_atomic
 from attnflow.particles import ensemble
 from attnflow.solutions import EnsembleSolution, FieldSolution, Status
@@ -136,13 +144,30 @@ def _check_checkpoint_config(path: Path, text: str, cfg: Config) -> None:
         )
 
 
-def _checkpointing(cfg: Config, run_dir: Path, kind: str, comm, *, resume: bool, text: str):
+def _checkpointing(
+    cfg: Config, run_dir: Path, kind: str, comm, *, resume: bool, text: str, manifest
+):
     """The state to resume ``kind`` ("fem" or "particles") from (None for a fresh start) and
-    the checkpoint writer (None without checkpoints)."""
+    the checkpoint writer (None without checkpoints). The newest checkpoint that is complete
+    and as written (rank 0 checks: :func:`select_checkpoint`) is used; a newer corrupt one is
+    named in a warning."""
     ck_dir = run_dir / RUN_FILES["checkpoints"]
     restart = None
     if resume:
-        path = latest_checkpoint(ck_dir, kind)
+        path = None
+        if comm.rank == 0:
+            path, bad = select_checkpoint(
+                ck_dir,
+                kind,
+                None if manifest is None else partial(manifest.verify, pending_ok=True),
+            )
+            for p, why in bad:
+                logger.warning("%s: skipping checkpoint %s: %s", kind, p.name, why)
+            if path is None and bad:
+                raise CheckpointError(
+                    f"no valid {kind} checkpoint: " + ", ".join(p.name for p, _ in bad)
+                )
+        path = comm.bcast(path, root=0)
         if path is not None:
             restart, ck_text = read_checkpoint(path)
             _check_checkpoint_config(path, ck_text, cfg)
@@ -150,7 +175,7 @@ def _checkpointing(cfg: Config, run_dir: Path, kind: str, comm, *, resume: bool,
     writer = None
     if cfg.checkpoint.every:
         writer = CheckpointWriter(
-            ck_dir, kind, config_text=text, keep=cfg.checkpoint.keep, comm=comm
+            ck_dir, kind, config_text=text, keep=cfg.checkpoint.keep, comm=comm, manifest=manifest
         )
     return restart, writer
 
@@ -165,15 +190,30 @@ def _writer_info(restart, writer) -> dict[str, Any]:
 
 
 # -- phases ------------------------------------------------------------------------------------
-def _run_fem(cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool, text: str):
+def _run_fem(
+    cfg: Config,
+    run_dir: Path,
+    comm,
+    *,
+    resume: bool,
+    quiet: bool,
+    text: str,
+    manifest,
+    solver=None,
+):
     result = run_dir / RUN_FILES["fem"]
     if resume and result.exists():
         logger.info("finite elements: done before (%s)", result.name)
         return FieldSolution.load(result), {"reused": True}
     start = time.perf_counter()
-    solver = build.build_fem_solver(cfg, comm)
+    if solver is None:
+        solver = build.build_fem_solver(cfg, comm)
     setup = time.perf_counter() - start
-    restart, writer = _checkpointing(cfg, run_dir, "fem", comm, resume=resume, text=text)
+    restart, writer = _checkpointing(
+        cfg, run_dir, "fem", comm, resume=resume, text=text, manifest=manifest
+    )
+    if manifest is not None and cfg.output.paraview:
+        manifest.pending(run_dir / "fem", tree=True)  # the solver writes fem/ itself
     n_cells = solver.n_cells_global
     logger.info(
         "finite elements: %d cells, DG%d, %s kernel, dt=%.4g, set-up %.2fs",
@@ -194,8 +234,12 @@ def _run_fem(cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool, tex
             restart=restart,
             progress=bar.update,
         )
-    if comm.rank == 0:
+    if manifest is not None:
+        if cfg.output.paraview:
+            manifest.record(run_dir / "fem")
+        manifest.pending(result)
         sol.save(result)
+        manifest.record(result)
     info = {
         **_writer_info(restart, writer),
         "setup_seconds": setup,
@@ -205,13 +249,17 @@ def _run_fem(cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool, tex
     return sol, info
 
 
-def _run_particles(cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool, text: str):
+def _run_particles(
+    cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool, text: str, manifest
+):
     result = run_dir / RUN_FILES["particles"]
     if resume and result.exists():
         logger.info("particles: done before (%s)", result.name)
         return EnsembleSolution.load(result), {"reused": True}
     p = cfg.particles
-    restart, writer = _checkpointing(cfg, run_dir, "particles", comm, resume=resume, text=text)
+    restart, writer = _checkpointing(
+        cfg, run_dir, "particles", comm, resume=resume, text=text, manifest=manifest
+    )
     logger.info(
         "particles: %d run(s) of %d tokens, dt=%g, %s, on %d rank(s)",
         p.runs,
@@ -237,8 +285,10 @@ def _run_particles(cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: boo
             restart=restart,
             progress=bar.update,
         )
-    if comm.rank == 0:
+    if manifest is not None:
+        manifest.pending(result)
         ens.save(result)
+        manifest.record(result)
     return ens, _writer_info(restart, writer)
 
 
@@ -339,6 +389,26 @@ def _comparison_summary(cmp) -> dict[str, Any]:
     }
 
 
+def _non_finite(cfg: Config, model, fem, ens, particle_energy) -> list[str]:
+    """What makes a result not finite (a solver's status, NaN or inf energies, masses)."""
+    out = []
+    if fem is not None:
+        if fem.status is not Status.SUCCESS:
+            out.append(f"finite elements: {fem.status.value}")
+        names = ("mass", "energy") if cfg.fem.energy and model.has_energy else ("mass",)
+        for name in names:
+            a = np.asarray(getattr(fem, name), dtype=float)
+            if a.size and not np.all(np.isfinite(a)):
+                out.append(f"finite elements: {name} not finite")
+    if ens is not None:
+        bad = [r for r, st in enumerate(ens.run_status) if st is not Status.SUCCESS]
+        if bad:
+            out.append(f"particles: runs {bad} {ens.run_status[bad[0]].value}")
+        if particle_energy is not None and not np.all(np.isfinite(particle_energy)):
+            out.append("particles: energy not finite")
+    return out
+
+
 # -- the run -----------------------------------------------------------------------------------
 def execute(
     cfg: Config,
@@ -347,15 +417,26 @@ def execute(
     *,
     resume: bool = False,
     quiet: bool = False,
+    manifest: Manifest | None = None,
+    fem_solver: Any = None,
 ) -> dict[str, Any]:
     """Run ``cfg`` into ``run_dir`` (created if needed; the CLI writes ``config.toml`` there
     first); collective.
 
+    ``manifest`` is the run directory's manifest on rank 0 (opened or created here when not
+    given); ``fem_solver`` a finite element solver already built for ``cfg`` (the CLI builds
+    it before writing anything, to check the initial density on its quadrature points).
+
     Returns the summary (on every rank; written to ``summary.json`` by rank 0).
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).absolute()
     if comm.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if manifest is None:
+            manifest = Manifest.open(run_dir)
+        record_problem(manifest, cfg)
+    else:
+        manifest = None
     comm.Barrier()
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
@@ -375,12 +456,23 @@ def execute(
     }
     if cfg.run.fem:
         s = time.perf_counter()
-        fem, info = _run_fem(cfg, run_dir, comm, resume=resume, quiet=quiet, text=text)
+        fem, info = _run_fem(
+            cfg,
+            run_dir,
+            comm,
+            resume=resume,
+            quiet=quiet,
+            text=text,
+            manifest=manifest,
+            solver=fem_solver,
+        )
         timings["fem"] = time.perf_counter() - s
         summary["fem"] = {**info, **_fem_summary(cfg, fem, info)} if comm.rank == 0 else info
     if cfg.run.particles:
         s = time.perf_counter()
-        ens, info = _run_particles(cfg, run_dir, comm, resume=resume, quiet=quiet, text=text)
+        ens, info = _run_particles(
+            cfg, run_dir, comm, resume=resume, quiet=quiet, text=text, manifest=manifest
+        )
         timings["particles"] = time.perf_counter() - s
         if comm.rank == 0:
             energy = _particle_log_energy(model, ens)
@@ -400,15 +492,21 @@ def execute(
             )
         s = time.perf_counter()
         files = []
+        assert manifest is not None
         if ens is not None and cfg.output.paraview and cfg.model.d <= 3:
             for r in range(min(cfg.output.particle_runs, ens.n_runs)):
                 name = "particles" if r == 0 else f"particles_run{r}"
+                manifest.pending(run_dir / f"{name}.pvd")
+                manifest.pending(run_dir / name, tree=True)
                 write_point_cloud_series(run_dir, ens.t, ens.x[r], name=name)
+                manifest.record(run_dir / f"{name}.pvd", run_dir / name)
                 files.append(f"{name}.pvd")
         if cfg.output.figures:
+            manifest.pending(run_dir / "figures", tree=True)
             fig = summary_figure(
                 cfg, run_dir / "figures", fem, ens, cmp, particle_log_energy=energy
             )
+            manifest.record(run_dir / "figures")
             if fig is not None:
                 files.append(str(fig.relative_to(run_dir)))
         timings["output"] = time.perf_counter() - s
@@ -424,10 +522,16 @@ def execute(
         }
         summary["files"] = files
         summary["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        summary["status"] = "complete"
+        problems = _non_finite(cfg, model, fem, ens, energy)
+        summary["status"] = "non-finite" if problems else "complete"
+        if problems:
+            summary["problems"] = problems
+            logger.error("%s: the result is not finite: %s", run_dir, "; ".join(problems))
+        manifest.pending(run_dir / RUN_FILES["summary"])
         write_text_atomic(
             run_dir / RUN_FILES["summary"], json.dumps(_jsonable(summary), indent=2) + "\n"
         )
+        manifest.record(run_dir / RUN_FILES["summary"])
         if fem is not None:
             logger.info(
                 "finite elements: mass drift %.2e, log E %.6g -> %.6g",
