@@ -14,7 +14,9 @@ allowed, e.g. ``model.beta: must be > 0, got -1``, before any work is done.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -405,18 +407,31 @@ def _parse_sweep(raw) -> SweepSection:
     return SweepSection(param, tuple(values))
 
 
+_BARE = re.compile(r"^[A-Za-z0-9_./:+~@-][A-Za-z0-9_./:+~@ -]*$")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"model.beta=4"`` -> ``("model.beta", 4)``: the value is read as TOML (a bare word
-    that is not TOML is taken as a string)."""
+    """``"model.beta=4"`` -> ``("model.beta", 4)``: the value is exactly one TOML value on one
+    line (a trailing comment, a newline or a second value is an error); a bare word that is not
+    TOML (letters, digits, ``_ . / : + - ~ @`` and inner spaces) is taken as a string."""
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or "." not in key:
         raise ConfigError("--set", f"must look like section.key=value, got {show(text)}")
-    try:
-        v = tomllib.loads(f"v = {value.strip()}")["v"]
+    want = f"{key}=VALUE: VALUE must be exactly one TOML value on one line"
+    got = json.dumps(value)  # shows a newline as \n
+    if any(c in value for c in "\n\r") or not value.strip():
+        raise ConfigError("--set", f"{want}, got {got}")
+    raw = value.strip()
+    try:  # brackets make a trailing comment swallow "]": an error, as is a second value
+        items = tomllib.loads(f"v = [{raw}]")["v"]
     except tomllib.TOMLDecodeError:
-        v = value.strip()
-    return key, v
+        items = None
+    if items is not None and len(items) == 1 and not raw.endswith(","):
+        return key, items[0]
+    if items is None and _BARE.match(raw):
+        return key, raw
+    raise ConfigError("--set", f"{want} (no comment, no second value), got {got}; quote strings")
 
 
 def apply_override(raw: Mapping[str, Any], dotted: str, value: Any) -> dict[str, Any]:
