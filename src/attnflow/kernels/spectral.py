@@ -218,14 +218,15 @@ def _circle(
 ) -> tuple[float, np.ndarray, np.ndarray, float]:
     import finufft
 
-    L, nt = plan.degree, _nthreads()
+    L = plan.degree
+    # fixed upsampling: a point's contribution does not depend on the other points of the call
+    opts = {"eps": plan.lib_eps, "nthreads": _nthreads(), "upsampfac": 2.0}
     n_modes = 2 * L + 3  # c_n for n = -(L+1) .. L+1
     buf = np.zeros(2 * n_modes + 1)
+    phi = None
     if y.shape[0]:
         phi = np.arctan2(y[:, 1], y[:, 0])
-        c = finufft.nufft1d1(
-            phi, w.astype(complex), n_modes=n_modes, eps=plan.lib_eps, isign=-1, nthreads=nt
-        )
+        c = finufft.nufft1d1(phi, w.astype(complex), n_modes=n_modes, isign=-1, **opts)
         buf[:-1] = c.view(float)
         buf[-1] = w.sum()
     buf = _allreduce(comm, buf)  # the one Allreduce of the coefficients (and W)
@@ -237,8 +238,8 @@ def _circle(
     coef = scipy.special.ive(np.abs(n), abs(kappa)) * (np.sign(kappa) ** np.abs(n)) / W
     sup = float(np.sum(np.abs(coef * c[1:-1])))  # >= max over the circle of the unit den
     f = [coef * c[1:-1]] + ([coef * c[:-2]] if values else [])  # I_n c_n, I_n c_{n-1}
-    theta = np.arctan2(x[:, 1], x[:, 0])
-    out = finufft.nufft1d2(theta, np.array(f), eps=plan.lib_eps, isign=1, nthreads=nt)
+    theta = phi if x is y else np.arctan2(x[:, 1], x[:, 0])
+    out = finufft.nufft1d2(theta, np.array(f), isign=1, **opts)
     num = np.stack([out[1].real, out[1].imag], axis=1) if values else np.zeros((len(x), 0))
     return W, out[0].real, num, sup
 
@@ -247,11 +248,20 @@ def _circle(
 
 
 def _loc(p: np.ndarray) -> np.ndarray:
-    """(n, 2) colatitude, longitude of the points ``p`` (n, 3)."""
+    """(n, 2) colatitude, longitude of the points ``p`` (n, 3) (arctan2: accurate at the
+    poles too)."""
     loc = np.empty((p.shape[0], 2))
-    loc[:, 0] = np.arctan2(np.hypot(p[:, 0], p[:, 1]), p[:, 2])
-    loc[:, 1] = np.mod(np.arctan2(p[:, 1], p[:, 0]), 2.0 * np.pi)
+    x0, x1 = p[:, 0], p[:, 1]
+    np.arctan2(np.sqrt(x0 * x0 + x1 * x1), p[:, 2], out=loc[:, 0])
+    phi = np.arctan2(x1, x0)
+    phi[phi < 0.0] += 2.0 * np.pi
+    loc[:, 1] = phi
     return loc
+
+
+#: ducc0 oversampling window: fixed, so that a point's contribution does not depend on how many
+#: points share the call (the same result on any number of ranks, to round-off).
+_SIGMA = {"sigma_min": 1.95, "sigma_max": 2.0}
 
 
 @functools.lru_cache(maxsize=8)
@@ -316,14 +326,11 @@ def _sphere(
     L1 = L + 1 if values else L
     n_alm = (L1 + 1) * (L1 + 2) // 2
     buf = np.zeros(2 * n_alm + 1)
+    y_loc = None
     if y.shape[0]:
+        y_loc = _loc(y)
         a = ducc0.sht.adjoint_synthesis_general(
-            map=w[None, :].astype(float),
-            spin=0,
-            lmax=L1,
-            loc=_loc(y),
-            epsilon=plan.lib_eps,
-            nthreads=nt,
+            map=w[None, :], spin=0, lmax=L1, loc=y_loc, epsilon=plan.lib_eps, nthreads=nt, **_SIGMA
         )
         buf[:-1] = a[0].view(float)
         buf[-1] = w.sum()
@@ -347,10 +354,16 @@ def _sphere(
     sup /= W
     gl = gl[ell] / W
     alms = [a0] + (_moments(a, L) if values else [])
-    loc = _loc(x)
+    loc = y_loc if x is y else _loc(x)  # zonal_sums passes the same array when it can
     out = [
         ducc0.sht.synthesis_general(
-            alm=(gl * b)[None, :], spin=0, lmax=L, loc=loc, epsilon=plan.lib_eps, nthreads=nt
+            alm=(gl * b)[None, :],
+            spin=0,
+            lmax=L,
+            loc=loc,
+            epsilon=plan.lib_eps,
+            nthreads=nt,
+            **_SIGMA,
         )[0]
         for b in alms
     ]
@@ -440,7 +453,7 @@ def zonal_sums(
     from attnflow.kernels import KernelSums
 
     x = np.ascontiguousarray(targets, dtype=float)
-    y = np.ascontiguousarray(sources, dtype=float)
+    y = x if sources is targets else np.ascontiguousarray(sources, dtype=float)
     w = np.ascontiguousarray(weights, dtype=float)
     kappa = float(kappa)
     _check(x, y, w, kappa, tol)
