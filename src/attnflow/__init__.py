@@ -24,6 +24,7 @@ from attnflow.laws import (
 )
 from attnflow.model import MultiHead, SelfAttention
 from attnflow.particles import RK4, Euler, ensemble, simulate
+from attnflow.perceptron import Perceptron
 from attnflow.solutions import EnsembleSolution, FieldSolution, Solution, Status, load_solution
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "KernelTerm",
     "Mixture",
     "MultiHead",
+    "Perceptron",
     "PerturbedCircle",
     "Piecewise",
     "SelfAttention",
