@@ -182,14 +182,14 @@ def _validate_run(args, comm) -> tuple[Config, Path, bool]:
         path = run_dir / "config.toml"
         if run_dir.is_symlink() or not path.is_file() or path.is_symlink():
             raise ConfigError("--resume", f"{run_dir} is not a run directory (no config.toml)")
-        cfg = load_config(path, overrides, output=run_dir)
+        cfg = load_config(path, overrides, output=run_dir, ranks=comm.size)
         if not _summary_complete(run_dir):
             _on_rank0(comm, lambda: check_resume(run_dir, cfg))
             check_initial_on_quadrature(cfg)
         return cfg, run_dir, True
     if args.config is None:
         raise ConfigError("CONFIG", "give a configuration file (or --resume RUN_DIR)")
-    cfg = load_config(args.config, overrides, output=args.output)
+    cfg = load_config(args.config, overrides, output=args.output, ranks=comm.size)
     if cfg.output.directory is None:
         raise ConfigError("output.directory", "required (or pass --output DIR)")
     run_dir = Path(cfg.output.directory)
@@ -301,14 +301,14 @@ def _sweep_raw(args, comm) -> tuple[dict, Path, bool]:
 
 def _validate_sweep(args, comm):
     raw, sweep_dir, resume = _sweep_raw(args, comm)
-    base = parse_config(raw, allow_sweep=True, sweep_point=True)
+    base = parse_config(raw, allow_sweep=True, sweep_point=True, ranks=comm.size)
     if not resume:
         _check_new_dir(
             sweep_dir, overwrite=args.overwrite, key="output.directory", inspect=comm.rank == 0
         )
     elif comm.rank == 0 and Manifest.load(sweep_dir) is None:
         raise ConfigError("--resume", f"{sweep_dir} has no {MANIFEST_NAME} (an older attnflow?)")
-    points = sweep_points(raw, base, sweep_dir)
+    points = sweep_points(raw, base, sweep_dir, ranks=comm.size)
     for i, (_, cfg) in enumerate(points):
         run_dir = Path(cfg.output.directory)
         try:

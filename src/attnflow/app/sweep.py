@@ -77,7 +77,9 @@ def sweep_table(
     return raw, sweep_dir
 
 
-def sweep_points(raw: dict, base: Config, sweep_dir: Path) -> list[tuple[Any, Config]]:
+def sweep_points(
+    raw: dict, base: Config, sweep_dir: Path, *, ranks: int = 1
+) -> list[tuple[Any, Config]]:
     """``(value, config)`` of every point of the sweep ``base`` (parsed from ``raw``): the
     parameter set to the value, no ``[sweep]``, output in ``sweep_dir / point_name(...)``, run
     name ``<name>/<point>``. Raises :class:`~attnflow.app.config.ConfigError` if one is invalid.
@@ -89,7 +91,7 @@ def sweep_points(raw: dict, base: Config, sweep_dir: Path) -> list[tuple[Any, Co
         point.pop("sweep")
         point["output"]["directory"] = str(sweep_dir / name)
         point.setdefault("run", {})["name"] = f"{base.run.name}/{name}"
-        points.append((v, parse_config(point)))
+        points.append((v, parse_config(point, ranks=ranks)))
     return points
 
 

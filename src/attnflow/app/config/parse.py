@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from attnflow import meshdata
+from attnflow import meshdata, resources
 from attnflow.app import build
 from attnflow.app.config.density import check_density
+from attnflow.app.config.limits import check_limits
 from attnflow.app.config.schema import (
     INITIAL_COMMON,
     INITIAL_KEYS,
@@ -253,6 +254,19 @@ def _parse_initial(
     return ini
 
 
+def _check_saves(key: str, n: float) -> None:
+    """At most one save time per time step: refuse more than the step limit before
+    allocating the list."""
+    try:
+        top = resources.max_steps()
+    except resources.ResourceError as e:
+        raise ConfigError("ATTNFLOW_MAX_STEPS", str(e)) from None
+    if not n <= top:
+        raise ConfigError(
+            key, f"gives {n:.3g} save times, more than the step limit {top:,} (ATTNFLOW_MAX_STEPS)"
+        )
+
+
 def _parse_time(raw) -> TimeSection:
     t = Table(raw, "time", SECTIONS["time"])
     t_final = check_float(t.key("t_final"), t.get("t_final", hint="the final time, > 0"), gt=0)
@@ -270,12 +284,14 @@ def _parse_time(raw) -> TimeSection:
             )
     elif t.has("save_every"):
         every = check_float(t.key("save_every"), t.get("save_every"), gt=0, le=t_final)
+        _check_saves(t.key("save_every"), t_final / every)
         k = math.floor(t_final / every + 1e-9)
         a = every * np.arange(k + 1)
         a = a[a < t_final * (1 - 1e-12)]
         ts = (*map(float, a), t_final)
     else:
         n = check_int(t.key("n_saves"), t.get("n_saves", 2), 2)
+        _check_saves(t.key("n_saves"), n)
         ts = tuple(float(x) for x in np.linspace(0.0, t_final, n))
     return TimeSection(t_final, tuple(ts))
 
@@ -295,6 +311,7 @@ def parse_config(
     output: str | Path | None = None,
     allow_sweep: bool = False,
     sweep_point: bool = False,
+    ranks: int = 1,
 ) -> Config:
     """Validate a raw configuration table (as parsed from TOML) into a :class:`Config`.
 
@@ -306,6 +323,7 @@ def parse_config(
     output : overrides ``output.directory`` (relative to the working directory).
     allow_sweep : accept a ``[sweep]`` section (``attnflow sweep``).
     sweep_point : validate every point of the sweep too (with ``allow_sweep``).
+    ranks : the MPI ranks the run will use (the memory estimates are per rank).
 
     Raises
     ------
@@ -380,12 +398,14 @@ def parse_config(
     if "sweep" in raw:
         sweep = _parse_sweep(raw)
     cfg = Config(run, model, mesh, initial, time, fem, particles, compare, out, ck, sweep)
+    arrays = _read_mesh(mesh.path) if mesh is not None and mesh.type == "file" else None
+    check_limits(cfg, ranks, arrays)
     if sweep is not None and sweep_point:
         for i, v in enumerate(sweep.values):
             point = apply_override(raw, sweep.parameter, v)
             point.pop("sweep")
             try:
-                parse_config(point, base_dir=base, name=name, output=output)
+                parse_config(point, base_dir=base, name=name, output=output, ranks=ranks)
             except ConfigError as e:
                 raise ConfigError(e.key, f"{e.message} (sweep.values[{i}] = {show(v)})") from None
     return cfg
@@ -453,8 +473,10 @@ def load_config(
     *,
     output: str | Path | None = None,
     allow_sweep: bool = False,
+    ranks: int = 1,
 ) -> Config:
-    """Read, override (``(dotted key, value)`` pairs) and validate a configuration file."""
+    """Read, override (``(dotted key, value)`` pairs) and validate a configuration file
+    (``ranks``: the MPI ranks the run will use)."""
     p = Path(path)
     raw = read_toml(p)
     for k, v in overrides:
@@ -466,4 +488,5 @@ def load_config(
         output=output,
         allow_sweep=allow_sweep,
         sweep_point=allow_sweep,
+        ranks=ranks,
     )
