@@ -94,7 +94,7 @@ import numba
 import numpy as np
 from scipy.integrate import DOP853, quad
 from scipy.optimize import brentq
-from scipy.special import ive
+from scipy.special import gammaln, ive
 
 from attnflow import metrics
 from attnflow.cloud import Cloud
@@ -111,26 +111,128 @@ __all__ = [
     "cluster_count_sweep",
     "default_gaps",
     "energy_staircase",
+    "log_growth_rates",
     "most_unstable_mode",
     "pair_merge_time",
+    "unstable_band",
 ]
 
 logger = logging.getLogger(__name__)
 
 
 # -- linear theory ---------------------------------------------------------------------------
-def most_unstable_mode(beta: float) -> tuple[int, float]:
-    """The most unstable Fourier mode of the uniform law on ``S^1`` (SA, Q = K = V = I).
+def log_growth_rates(
+    beta: float,
+    degrees: np.ndarray | Sequence[int],
+    *,
+    d: int = 2,
+    normalized: bool = True,
+    rescale_usa: bool = False,
+) -> np.ndarray:
+    """``log lambda_l``: growth rates of the degree-``l`` harmonics of the uniform law on S^{d-1}.
 
-    Returns ``(n*, lambda_{n*})``, the argmax over ``n >= 1`` of
-    ``lambda_n = n^2 I_n(beta) / (beta I_0(beta))`` (``scipy.special.ive``, so any beta) and the
-    rate itself; ``n* ~ sqrt(2 beta)`` and ``lambda_{n*} -> 2/e`` as beta grows.
+    Q = K = V = I. Write ``K rho(x) = int e^{beta <x, y>} rho(y) dsigma(y)``; since
+    ``int e^{beta<x,y>} y rho(y) dy = (1/beta) grad_x K rho``, the field is
+    ``X = (1/beta) grad_S log K rho`` (SA) or ``(1/beta) grad_S K rho`` (USA). By Funk–Hecke a
+    degree-``l`` spherical harmonic ``Y_l`` is an eigenfunction of ``K``,
+    ``K Y_l = mu_l Y_l`` with (``nu = d/2 - 1``)
+
+        mu_l = |S^{d-2}| int_{-1}^1 e^{beta t} P_l^{(d)}(t) (1 - t^2)^{(d-3)/2} dt
+             = (2 pi)^{d/2} beta^{-nu} I_{l + nu}(beta)
+
+    (``P_l^{(d)}`` the Gegenbauer polynomial normalised to ``P_l(1) = 1``; d = 2:
+    ``2 pi I_l``; d = 3: ``4 pi i_l``). Linearising ``d_t rho + div(rho X) = 0`` at
+    ``rho_0 = 1/|S^{d-1}|`` with ``rho = rho_0 + eps Y_l`` and ``-Delta_S Y_l = l(l+d-2) Y_l``:
+
+        SA:  lambda_l = l (l + d - 2) mu_l / (beta mu_0)
+                      = l (l + d - 2) I_{l+nu}(beta) / (beta I_nu(beta)),
+        USA: lambda_l = l (l + d - 2) rho_0 mu_l / beta
+                      = l (l + d - 2) 2^nu Gamma(nu + 1) beta^{-nu-1} I_{l+nu}(beta),
+
+    times ``e^{-beta}`` for USA with ``rescale_usa``. For d = 2 these are
+    ``n^2 I_n/(beta I_0)`` and ``n^2 I_n/beta``. The USA rate is the SA rate times
+    ``rho_0 mu_0`` (the mean of the kernel), which does not depend on ``l``: both have the same
+    most unstable mode and band. As ``beta -> inf``,
+    ``I_{l+nu}/I_nu ~ e^{-l(l+d-2)/(2 beta)}``, so the SA rate is ``~ L e^{-L/2}`` in
+    ``L = l(l+d-2)/beta``: largest at ``l* ~ sqrt(2 beta)`` with ``lambda* -> 2/e``, in every
+    dimension. Computed with ``scipy.special.ive`` (scaled): finite for any beta.
+
+    Parameters
+    ----------
+    beta : inverse temperature (finite, > 0).
+    degrees : (L,) degrees ``l >= 1``.
+    d : ambient dimension (>= 2): the sphere S^{d-1}.
+    normalized : SA (True) or USA (False).
+    rescale_usa : USA with the field times ``e^{-beta}`` (``SelfAttention(rescale_usa=True)``).
+
+    Returns
+    -------
+    (L,) ``log lambda_l``.
     """
     beta = check_positive("beta", beta)
-    n = np.arange(1, max(16, math.ceil(6.0 * math.sqrt(2.0 * beta))) + 1)
-    lam = n**2 * ive(n, beta) / (beta * ive(0, beta))
+    d = check_int("d", d, 2)
+    ll = np.asarray(degrees, dtype=float)
+    if ll.ndim != 1 or np.any(ll < 1) or np.any(ll != np.round(ll)):
+        raise ValueError("degrees must be a 1-D sequence of integers >= 1")
+    nu = 0.5 * d - 1.0
+    log_i = np.log(ive(ll + nu, beta))  # log I_{l+nu}(beta) - beta
+    log_l = np.log(ll * (ll + d - 2))
+    if normalized:
+        return log_l + log_i - math.log(beta) - math.log(ive(nu, beta))
+    shift = 0.0 if rescale_usa else beta
+    return (
+        log_l
+        + nu * math.log(2.0)
+        + gammaln(nu + 1.0)
+        - (nu + 1.0) * math.log(beta)
+        + (log_i + shift)
+    )
+
+
+def _degrees(beta: float) -> np.ndarray:
+    """Degrees 1 .. max(16, 6 sqrt(2 beta)): the rates beyond are below e^{-30} of the top."""
+    return np.arange(1, max(16, math.ceil(6.0 * math.sqrt(2.0 * beta))) + 1)
+
+
+def most_unstable_mode(
+    beta: float, *, d: int = 2, normalized: bool = True, rescale_usa: bool = False
+) -> tuple[int, float]:
+    """The most unstable degree of the uniform law on ``S^{d-1}`` (Q = K = V = I).
+
+    Returns ``(l*, lambda_{l*})``, the argmax over ``l >= 1`` of the rates of
+    :func:`log_growth_rates` and the rate itself (d = 2, SA: ``n^2 I_n(beta)/(beta I_0(beta))``;
+    ``l* ~ sqrt(2 beta)`` and ``lambda_{l*} -> 2/e`` as beta grows, in any dimension). ``l*``
+    is the same for SA and USA; the USA rate is ``inf`` when it exceeds the float range
+    (plain USA at beta > ~700: use ``rescale_usa``).
+    """
+    beta = check_positive("beta", beta)
+    n = _degrees(beta)
+    lam = log_growth_rates(beta, n, d=d, normalized=normalized, rescale_usa=rescale_usa)
     k = int(np.argmax(lam))
-    return int(n[k]), float(lam[k])
+    with np.errstate(over="ignore"):
+        return int(n[k]), float(np.exp(lam[k]))
+
+
+def unstable_band(beta: float, *, d: int = 2, fraction: float = 0.5) -> tuple[int, int]:
+    """The band ``[l_lo, l_hi]`` of degrees growing at least ``fraction`` times as fast as
+    the most unstable one (``0 < fraction <= 1``; default: the full width at half maximum).
+
+    Every degree ``l >= 1`` grows (``I_{l+nu}(beta) > 0``): without noise the uniform state
+    has no stable band, so "unstable band" means the modes that matter. Starting from
+    fluctuations of size ``a`` (``N^{-1/2}`` for N tokens), the top mode reaches size one at
+    ``t = log(1/a)/lambda*``, when a mode of the half-maximum band has grown to ``a^{1/2}``
+    at least and one outside it to at most ``a^{1/2}``. SA and USA have the same band (their
+    rates differ by a factor independent of ``l``); the rates are unimodal in ``l``, so the
+    band is an interval.
+    """
+    beta = check_positive("beta", beta)
+    fraction = check_positive("fraction", fraction)
+    if fraction > 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    n = _degrees(beta)
+    lam = log_growth_rates(beta, n, d=d)
+    inside = n[lam >= lam.max() + math.log(fraction)]
+    return int(inside.min()), int(inside.max())
 
 
 # -- cluster counts --------------------------------------------------------------------------
