@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,10 +47,11 @@ from attnflow.app.config import (
     parse_override,
     read_toml,
 )
-from attnflow.app.logs import add_log_file, configure_logging
-from attnflow.app.manifest import MANIFEST_NAME, Manifest, ManifestError
+from attnflow.app.logs import configure_logging
+from attnflow.app.manifest import MANIFEST_NAME, Manifest
 from attnflow.app.preflight import check_initial_on_quadrature
 from attnflow.app.resume import check_resume
+from attnflow.app.rundir import check_new_dir, prepare_dir, run_one, summary_complete
 from attnflow.app.sweep import csv_row, sweep_points, sweep_table, write_summary_csv
 from attnflow.io import write_text_atomic
 from attnflow.states import CheckpointError
@@ -81,71 +81,6 @@ def _agree(comm, error: str | None) -> str | None:
     return next((e for e in errors if e), None)
 
 
-def _check_new_dir(path: Path, *, overwrite: bool, key: str, inspect: bool = True) -> None:
-    """A new run or sweep directory: absent or empty, or (``overwrite``) holding only what
-    attnflow wrote (``inspect``: hash the files; rank 0 only, the others agree with it)."""
-    if path.is_symlink():
-        raise ConfigError(
-            key,
-            f"{path} is a symbolic link: give the directory itself (attnflow neither writes "
-            "through nor deletes links)",
-        )
-    if path.exists() and not path.is_dir():
-        raise ConfigError(key, f"{path} exists and is not a directory")
-    if not path.exists():
-        ancestor = next(p for p in path.parents if p.exists() or p.is_symlink())
-        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-            raise ConfigError(key, f"cannot create {path}: {ancestor} is not a writable directory")
-        return
-    try:
-        empty = not any(path.iterdir())
-    except OSError as e:
-        raise ConfigError(key, f"cannot list {path}: {e.strerror}") from None
-    if empty:
-        return
-    if not overwrite:
-        raise ConfigError(
-            key,
-            f"{path} exists and is not empty (continue it with --resume {path}, or replace "
-            "it with --overwrite)",
-        )
-    if not inspect:
-        return
-    try:
-        manifest = Manifest.load(path)
-    except ManifestError as e:
-        raise ConfigError(key, f"{e}: --overwrite will not delete anything there") from None
-    if manifest is None:
-        raise ConfigError(
-            key,
-            f"{path} is not an attnflow run directory (no {MANIFEST_NAME}): --overwrite will "
-            "not delete it",
-        )
-    foreign = manifest.foreign()
-    if foreign:
-        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
-        raise ConfigError(
-            key,
-            f"{path}: {foreign[0]}{more}: --overwrite will not delete it (attnflow only "
-            "deletes what it wrote; move it away or choose another directory)",
-        )
-
-
-def _prepare_dir(comm, path: Path, *, overwrite: bool, kind: str = "run") -> Manifest | None:
-    """Empty (``overwrite``: remove what attnflow wrote) or create the directory and start
-    its manifest; collective. Returns the manifest on rank 0."""
-    manifest = None
-    if comm.rank == 0:
-        old = Manifest.load(path) if overwrite and path.is_dir() else None
-        if old is not None:
-            old.remove_owned()
-        path.mkdir(parents=True, exist_ok=True)
-        manifest = Manifest(path, kind)
-        manifest.save()
-    comm.Barrier()
-    return manifest
-
-
 def _on_rank0(comm, check) -> None:
     """Run ``check()`` on rank 0 only (reads and hashes files); the other ranks agree with
     its verdict in :func:`_agree`."""
@@ -158,13 +93,6 @@ def _overrides(args) -> list[tuple[str, Any]]:
     if getattr(args, "checkpoint_every", None) is not None:
         out.append(("checkpoint.every", args.checkpoint_every))
     return out
-
-
-def _summary_complete(run_dir: Path) -> bool:
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status") == "complete"
-    except (OSError, ValueError):
-        return False
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -183,7 +111,7 @@ def _validate_run(args, comm) -> tuple[Config, Path, bool]:
         if run_dir.is_symlink() or not path.is_file() or path.is_symlink():
             raise ConfigError("--resume", f"{run_dir} is not a run directory (no config.toml)")
         cfg = load_config(path, overrides, output=run_dir, ranks=comm.size)
-        if not _summary_complete(run_dir):
+        if not summary_complete(run_dir):
             _on_rank0(comm, lambda: check_resume(run_dir, cfg))
             check_initial_on_quadrature(cfg)
         return cfg, run_dir, True
@@ -193,60 +121,9 @@ def _validate_run(args, comm) -> tuple[Config, Path, bool]:
     if cfg.output.directory is None:
         raise ConfigError("output.directory", "required (or pass --output DIR)")
     run_dir = Path(cfg.output.directory)
-    _check_new_dir(
-        run_dir, overwrite=args.overwrite, key="output.directory", inspect=comm.rank == 0
-    )
+    check_new_dir(run_dir, overwrite=args.overwrite, key="output.directory", inspect=comm.rank == 0)
     check_initial_on_quadrature(cfg)
     return cfg, run_dir, False
-
-
-def _run_one(
-    cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool, manifest: Manifest | None
-) -> dict:
-    """Write the resolved config (if new or changed) and execute; collective. A failure is
-    also written, with its traceback, to ``run.log``."""
-    from attnflow.app import runner  # (numba, the solvers: only when running)
-
-    text = cfg.to_toml()
-    handler = None
-    if comm.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if manifest is None:
-            manifest = Manifest.open(run_dir)
-        path = run_dir / "config.toml"
-        if not path.is_file() or path.read_text() != text:
-            manifest.pending(path)
-            write_text_atomic(path, text)
-            manifest.record(path)
-        manifest.pending(run_dir / "run.log")
-        handler = add_log_file(run_dir / "run.log")
-    comm.Barrier()
-    try:
-        if resume:
-            logger.info("resuming %s on %d rank(s)", run_dir, comm.size)
-        else:
-            logger.info("run %s into %s on %d rank(s)", cfg.run.name, run_dir, comm.size)
-        return runner.execute(cfg, run_dir, comm, resume=resume, quiet=quiet, manifest=manifest)
-    except BaseException as e:
-        if handler is not None:  # the console gets it from main()
-            what = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            record = logging.getLogger("attnflow").makeRecord(
-                __name__,
-                logging.CRITICAL,
-                __file__,
-                0,
-                "attnflow %s on rank 0: %s: %s",
-                (what, type(e).__name__, e),
-                sys.exc_info(),
-            )
-            handler.handle(record)
-        raise
-    finally:
-        if handler is not None:
-            logging.getLogger("attnflow").removeHandler(handler)
-            handler.close()
-            assert manifest is not None
-            manifest.record(run_dir / "run.log", append=True)
 
 
 def _cmd_run(args, comm) -> int:
@@ -259,14 +136,14 @@ def _cmd_run(args, comm) -> int:
     if error:
         _say(comm, f"ConfigError: {error}", err=True)
         return EXIT_USAGE
-    if resume and _summary_complete(run_dir):
+    if resume and summary_complete(run_dir):
         _say(comm, f"{run_dir}: already complete (summary.json); nothing to do")
         return EXIT_OK
     manifest = None
     if not resume:
-        manifest = _prepare_dir(comm, run_dir, overwrite=args.overwrite)
+        manifest = prepare_dir(comm, run_dir, overwrite=args.overwrite)
     try:
-        summary = _run_one(cfg, run_dir, comm, resume=resume, quiet=args.quiet, manifest=manifest)
+        summary = run_one(cfg, run_dir, comm, resume=resume, quiet=args.quiet, manifest=manifest)
     except CheckpointError as e:
         _say(comm, f"CheckpointError: {e}", err=True)
         return EXIT_USAGE
@@ -303,7 +180,7 @@ def _validate_sweep(args, comm):
     raw, sweep_dir, resume = _sweep_raw(args, comm)
     base = parse_config(raw, allow_sweep=True, sweep_point=True, ranks=comm.size)
     if not resume:
-        _check_new_dir(
+        check_new_dir(
             sweep_dir, overwrite=args.overwrite, key="output.directory", inspect=comm.rank == 0
         )
     elif comm.rank == 0 and Manifest.load(sweep_dir) is None:
@@ -313,7 +190,7 @@ def _validate_sweep(args, comm):
         run_dir = Path(cfg.output.directory)
         try:
             check_initial_on_quadrature(cfg)
-            if resume and (run_dir / "config.toml").is_file() and not _summary_complete(run_dir):
+            if resume and (run_dir / "config.toml").is_file() and not summary_complete(run_dir):
                 _on_rank0(comm, lambda d=run_dir, c=cfg: check_resume(d, c))
         except ConfigError as e:
             raise ConfigError(e.key, f"{e.message} (sweep point {i}: {run_dir.name})") from None
@@ -332,7 +209,7 @@ def _cmd_sweep(args, comm) -> int:
         return EXIT_USAGE
     manifest = None
     if not resume:
-        manifest = _prepare_dir(comm, sweep_dir, overwrite=args.overwrite, kind="sweep")
+        manifest = prepare_dir(comm, sweep_dir, overwrite=args.overwrite, kind="sweep")
         if manifest is not None:
             header = f"attnflow sweep over {base.sweep.parameter}: {len(points)} points"
             manifest.pending(sweep_dir / "sweep.toml")
@@ -345,7 +222,7 @@ def _cmd_sweep(args, comm) -> int:
     parameter = base.sweep.parameter
     for i, (value, cfg) in enumerate(points):
         run_dir = Path(cfg.output.directory)
-        if _summary_complete(run_dir):
+        if summary_complete(run_dir):
             logger.info("point %d (%s = %r): complete", i, parameter, value)
             summary = json.loads((run_dir / "summary.json").read_text())
         else:
@@ -356,7 +233,7 @@ def _cmd_sweep(args, comm) -> int:
                 manifest.record_dir(run_dir)
                 point = Manifest.open(run_dir)
             try:
-                summary = _run_one(
+                summary = run_one(
                     cfg, run_dir, comm, resume=again, quiet=args.quiet, manifest=point
                 )
             except CheckpointError as e:

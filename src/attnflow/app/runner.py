@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import math
 import platform
 import time
 import tomllib
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 
 import attnflow
-from attnflow.app import build
+from attnflow.app import build, summaries
 from attnflow.app.checkpoint import CheckpointWriter, read_checkpoint, select_checkpoint
 from attnflow.app.config import Config
 from attnflow.app.figures import summary_figure
@@ -50,7 +49,7 @@ from attnflow.app.manifest import Manifest
 from attnflow.app.resume import record_problem
 from attnflow.io import write_point_cloud_series, write_text_atomic
 from attnflow.particles import ensemble
-from attnflow.solutions import EnsembleSolution, FieldSolution, Status
+from attnflow.solutions import EnsembleSolution, FieldSolution
 from attnflow.states import CheckpointError
 
 __all__ = ["RUN_FILES", "execute", "versions"]
@@ -101,24 +100,6 @@ def versions(comm: Any = None) -> dict[str, Any]:
     except ImportError:  # pragma: no cover
         out["tqdm"] = None
     return out
-
-
-def _jsonable(x: Any) -> Any:
-    """NaN and inf become null; numpy scalars and arrays become Python values."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        v = float(x)
-        return v if math.isfinite(v) else None
-    if isinstance(x, Status):
-        return x.value
-    return x
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -292,71 +273,6 @@ def _run_particles(
     return ens, _writer_info(restart, writer)
 
 
-# -- summaries ---------------------------------------------------------------------------------
-def _fem_summary(cfg: Config, sol: FieldSolution, info: dict) -> dict[str, Any]:
-    m0 = sol.mass[0]
-    drift = np.abs(sol.mass - m0) / m0
-    out = {
-        "n_cells": info.get("n_cells"),
-        "n_dofs": info.get("n_dofs"),
-        "degree": cfg.fem.degree,
-        "kernel": cfg.fem.kernel,
-        "dt": sol.dt,
-        "n_steps": sol.stats["steps"],
-        "wall_time": sol.stats["wall_time"],
-        "mass_initial": m0,
-        "mass_final": sol.mass[-1],
-        "mass_drift": float(drift.max()),
-        "outflow_final": float(sol.outflow[-1]),
-        "min_density": float(sol.min_density.min()),
-        "log_energy_initial": float(sol.energy[0]),
-        "log_energy_final": float(sol.energy[-1]),
-        "t": sol.t,
-        "mass": sol.mass,
-        "log_energy": sol.energy,
-    }
-    if cfg.mesh is not None and cfg.mesh.type == "box":
-        out["mass_note"] = "box mesh: mass leaves through the outflow boundary (outflow_final)"
-    clusters = build.clusters_fn(cfg)
-    if clusters is not None:
-        out["clusters"] = [int(clusters(sol.points, w)) for w in sol.weights]
-    return out
-
-
-def _particle_log_energy(model, ens: EnsembleSolution) -> np.ndarray | None:
-    """(R, n_saved) ``log E`` of every run at every save time (``None`` without an energy)."""
-    if not model.has_energy:
-        return None
-    return np.array(
-        [[model.log_energy(ens.cloud(r, k)) for k in range(ens.t.size)] for r in range(ens.n_runs)]
-    )
-
-
-def _particle_summary(cfg: Config, ens: EnsembleSolution, energy) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "n": cfg.particles.n,
-        "runs": cfg.particles.runs,
-        "dt": cfg.particles.dt,
-        "method": cfg.particles.method,
-        "n_steps": ens.stats["steps"],
-        "wall_time": ens.stats["wall_time"],
-        "status": [s.value for s in ens.run_status],
-        "t": ens.t,
-    }
-    if cfg.model.sphere:
-        out["sphere_error"] = float(np.max(np.abs(np.linalg.norm(ens.x, axis=-1) - 1)))
-    if energy is not None:
-        out["log_energy_mean"] = energy.mean(axis=0)
-        out["log_energy_initial"] = float(energy[:, 0].mean())
-        out["log_energy_final"] = float(energy[:, -1].mean())
-    clusters = build.clusters_fn(cfg)
-    if clusters is not None:
-        c = np.array([clusters(run[-1]) for run in ens.x])
-        out["clusters_final"] = c
-        out["clusters_final_mean"] = float(c.mean())
-    return out
-
-
 def _compare(cfg: Config, model, fem: FieldSolution, ens: EnsembleSolution):
     from attnflow.compare import compare
 
@@ -368,45 +284,6 @@ def _compare(cfg: Config, model, fem: FieldSolution, ens: EnsembleSolution):
         histogram=build.histogram_fn(cfg) if cfg.compare.l1 else None,
         clusters=build.clusters_fn(cfg) if cfg.compare.clusters else None,
     )
-
-
-def _comparison_summary(cmp) -> dict[str, Any]:
-    w1m, w1s = cmp.mean_sd(cmp.w1)
-    l1m, l1s = cmp.mean_sd(cmp.l1)
-    me, _ = cmp.mean_sd(cmp.mean_error)
-    return {
-        "t": cmp.t,
-        "w1_method": cmp.w1_method,
-        "w1_mean": w1m,
-        "w1_sd": w1s,
-        "w1_final_mean": float(w1m[-1]),
-        "w1_final_sd": float(w1s[-1]),
-        "l1_mean": l1m,
-        "l1_sd": l1s,
-        "mean_error": me,
-        "clusters_fem": cmp.clusters_fem,
-        "clusters_particles_mean": cmp.clusters_particles.mean(axis=0),
-    }
-
-
-def _non_finite(cfg: Config, model, fem, ens, particle_energy) -> list[str]:
-    """What makes a result not finite (a solver's status, NaN or inf energies, masses)."""
-    out = []
-    if fem is not None:
-        if fem.status is not Status.SUCCESS:
-            out.append(f"finite elements: {fem.status.value}")
-        names = ("mass", "energy") if cfg.fem.energy and model.has_energy else ("mass",)
-        for name in names:
-            a = np.asarray(getattr(fem, name), dtype=float)
-            if a.size and not np.all(np.isfinite(a)):
-                out.append(f"finite elements: {name} not finite")
-    if ens is not None:
-        bad = [r for r, st in enumerate(ens.run_status) if st is not Status.SUCCESS]
-        if bad:
-            out.append(f"particles: runs {bad} {ens.run_status[bad[0]].value}")
-        if particle_energy is not None and not np.all(np.isfinite(particle_energy)):
-            out.append("particles: energy not finite")
-    return out
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -467,7 +344,9 @@ def execute(
             solver=fem_solver,
         )
         timings["fem"] = time.perf_counter() - s
-        summary["fem"] = {**info, **_fem_summary(cfg, fem, info)} if comm.rank == 0 else info
+        summary["fem"] = (
+            {**info, **summaries.fem_summary(cfg, fem, info)} if comm.rank == 0 else info
+        )
     if cfg.run.particles:
         s = time.perf_counter()
         ens, info = _run_particles(
@@ -475,14 +354,14 @@ def execute(
         )
         timings["particles"] = time.perf_counter() - s
         if comm.rank == 0:
-            energy = _particle_log_energy(model, ens)
-            summary["particles"] = {**info, **_particle_summary(cfg, ens, energy)}
+            energy = summaries.particle_log_energy(model, ens)
+            summary["particles"] = {**info, **summaries.particle_summary(cfg, ens, energy)}
     if comm.rank == 0:
         if fem is not None and ens is not None:
             s = time.perf_counter()
             cmp = _compare(cfg, model, fem, ens)
             timings["compare"] = time.perf_counter() - s
-            summary["comparison"] = _comparison_summary(cmp)
+            summary["comparison"] = summaries.comparison_summary(cmp)
             logger.info(
                 "W1(finite elements, particles) at t=%g: %.4g ± %.4g (%s)",
                 cmp.t[-1],
@@ -522,14 +401,14 @@ def execute(
         }
         summary["files"] = files
         summary["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        problems = _non_finite(cfg, model, fem, ens, energy)
+        problems = summaries.non_finite(cfg, model, fem, ens, energy)
         summary["status"] = "non-finite" if problems else "complete"
         if problems:
             summary["problems"] = problems
             logger.error("%s: the result is not finite: %s", run_dir, "; ".join(problems))
         manifest.pending(run_dir / RUN_FILES["summary"])
         write_text_atomic(
-            run_dir / RUN_FILES["summary"], json.dumps(_jsonable(summary), indent=2) + "\n"
+            run_dir / RUN_FILES["summary"], json.dumps(summaries.jsonable(summary), indent=2) + "\n"
         )
         manifest.record(run_dir / RUN_FILES["summary"])
         if fem is not None:
