@@ -146,10 +146,9 @@ def test_large_kappa_and_errors(rng):
     y = random_sphere(rng, 300, 3)
     w = rng.random(300)
     x = random_sphere(rng, 20, 3)
-    s = zonal_sums(x, y, w, MAX_KAPPA, tol=1e-6)  # works (mostly recomputed)
-    r = engine(x, y, w, MAX_KAPPA)
-    den, vel, _ = errors(s, r)
-    assert den <= 1e-6 and vel <= 1e-6
+    s = zonal_sums(x, y, w, MAX_KAPPA, tol=1e-6, values=False)  # works (L ~ 700; recomputed)
+    r = kernel_sums(MAX_KAPPA * x, y, np.zeros((300, 0)), w)
+    assert np.abs(np.log(s.den) + s.shift - np.log(r.den) - r.shift).max() <= 1e-6
     with pytest.raises(ValueError, match="direct engine"):
         zonal_sums(x, y, w, 2 * MAX_KAPPA)
     with pytest.raises(ValueError, match="weights"):

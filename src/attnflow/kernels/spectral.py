@@ -168,10 +168,16 @@ def spectral_plan(kappa: float, d: int, tol: float) -> SpectralPlan:
     return SpectralPlan(L, tail, max(eps, LIB_EPS_MIN[d]), tol)
 
 
-def _nthreads() -> int:
+#: Below this many points (sources + targets) the transforms run on one thread (thread start-up
+#: and synchronisation cost more than they save).
+_THREADED_POINTS = 50_000
+
+
+def _nthreads(n_points: int) -> int:
+    """numba's thread count (the project's one threading knob), 1 for small transforms."""
     import numba
 
-    return int(numba.get_num_threads())
+    return 1 if n_points < _THREADED_POINTS else int(numba.get_num_threads())
 
 
 def _check(targets: np.ndarray, sources: np.ndarray, weights: np.ndarray, kappa: float, tol: float):
@@ -220,7 +226,7 @@ def _circle(
 
     L = plan.degree
     # fixed upsampling: a point's contribution does not depend on the other points of the call
-    opts = {"eps": plan.lib_eps, "nthreads": _nthreads(), "upsampfac": 2.0}
+    opts = {"eps": plan.lib_eps, "nthreads": _nthreads(len(x) + len(y)), "upsampfac": 2.0}
     n_modes = 2 * L + 3  # c_n for n = -(L+1) .. L+1
     buf = np.zeros(2 * n_modes + 1)
     phi = None
@@ -322,7 +328,7 @@ def _sphere(
 ) -> tuple[float, np.ndarray, np.ndarray, float]:
     import ducc0
 
-    L, nt = plan.degree, _nthreads()
+    L, nt = plan.degree, _nthreads(len(x) + len(y))
     L1 = L + 1 if values else L
     n_alm = (L1 + 1) * (L1 + 2) // 2
     buf = np.zeros(2 * n_alm + 1)
@@ -355,7 +361,9 @@ def _sphere(
     gl = gl[ell] / W
     alms = [a0] + (_moments(a, L) if values else [])
     loc = y_loc if x is y else _loc(x)  # zonal_sums passes the same array when it can
-    out = [
+    den = np.empty(x.shape[0])
+    num = np.empty((x.shape[0], 3 if values else 0))
+    for b, out in zip(alms, [den, *num.T], strict=True):  # written in place (strided is fine)
         ducc0.sht.synthesis_general(
             alm=(gl * b)[None, :],
             spin=0,
@@ -363,12 +371,10 @@ def _sphere(
             loc=loc,
             epsilon=plan.lib_eps,
             nthreads=nt,
+            map=out[None, :],
             **_SIGMA,
-        )[0]
-        for b in alms
-    ]
-    num = np.stack(out[1:], axis=1) if values else np.zeros((x.shape[0], 0))
-    return W, out[0], num, sup
+        )
+    return W, den, num, sup
 
 
 # -- untrustworthy targets ---------------------------------------------------------------------
