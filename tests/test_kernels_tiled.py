@@ -88,7 +88,7 @@ def test_tiled_one_source_many_targets(rng):
     d = 16
     x, y = random_sphere(rng, 1000, d), random_sphere(rng, 1, d)
     s = kernel_sums(50 * x, y, y, np.array([0.3]))
-    np.testing.assert_allclose(s.shift, 50 * x @ y[0] + np.log(0.3), rtol=1e-14)
+    np.testing.assert_allclose(s.shift, 50 * x @ y[0] + np.log(0.3), rtol=1e-14, atol=1e-13)
     np.testing.assert_array_equal(s.den, 1.0)
     np.testing.assert_array_equal(s.num, np.broadcast_to(y, (1000, d)))
 
@@ -126,23 +126,21 @@ def test_tiled_no_overflow_when_mass_is_far_at_large_beta(rng):
 
 
 @pytest.mark.parametrize("beta", [9.0, 1e4])
-@pytest.mark.parametrize("d", [4, 16, 128])
-def test_tiled_rows_do_not_depend_on_the_other_targets(rng, beta, d):
-    """Bitwise: a target's sums are the same whichever targets are evaluated with it, and
-    whatever the number of threads (the serial == MPI property of the solvers)."""
-    n_t, n_s = 3 * TARGET_TILE + 5, 2 * source_tile(d, d) + 3
+@pytest.mark.parametrize(("d", "m"), [(4, 4), (16, 16), (17, 5), (128, 128)])
+def test_tiled_rows_do_not_depend_on_the_other_targets(rng, beta, d, m):
+    """Bitwise: a target's sums are the same whichever targets are evaluated with it (at any
+    position in its tile), and whatever the number of threads (the serial == MPI property).
+
+    BLAS products can round a row differently at the edge of a tile (measured here: the last
+    8 target rows when the source count is not a multiple of 8), hence source counts that are
+    not multiples of 16 and every offset of the targets in their tile."""
+    n_t, n_s = 2 * TARGET_TILE + 5, source_tile(d, m) + 517
     a, b = beta * random_sphere(rng, n_t, d), random_sphere(rng, n_s, d)
-    v, w = rng.standard_normal((n_s, d)), rng.random(n_s)
+    v, w = rng.standard_normal((n_s, m)), rng.random(n_s)
     full = kernel_sums(a, b, v, w)
-    for lo, hi in [
-        (0, 1),
-        (1, 2),
-        (5, 6),
-        (3, 100),
-        (7, TARGET_TILE + 9),
-        (TARGET_TILE - 1, n_t),
-        (n_t - 1, n_t),
-    ]:
+    slices = [(lo, n_t) for lo in range(0, TARGET_TILE, 3)]
+    slices += [(0, 1), (5, 6), (3, 100), (n_t - 1, n_t), (TARGET_TILE + 2, n_t - 2)]
+    for lo, hi in slices:
         part = kernel_sums(a[lo:hi], b, v, w)
         np.testing.assert_array_equal(part.shift, full.shift[lo:hi])
         np.testing.assert_array_equal(part.den, full.den[lo:hi])

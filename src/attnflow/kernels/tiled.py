@@ -43,13 +43,23 @@ import numpy as np
 
 from attnflow.kernels import _numba
 
-__all__ = ["MIN_DIM", "SAFE_EXCESS", "TARGET_TILE", "source_tile", "tiled_softmax_sums"]
+__all__ = [
+    "MIN_DIM",
+    "SAFE_EXCESS",
+    "SOURCE_ALIGN",
+    "TARGET_TILE",
+    "source_tile",
+    "tiled_softmax_sums",
+]
 
 #: Smallest score dimension ``p`` sent here by ``kernel_sums`` (p <= 3 has fused loops).
 MIN_DIM = 4
 
 #: Targets per tile. Fixed (never adapted to ``n_t``) so that every BLAS call has one shape.
 TARGET_TILE = 128
+
+#: Every source tile holds a multiple of this many sources (the last one zero-padded).
+SOURCE_ALIGN = 16
 
 #: Largest ``bound - shift`` for which a tile skips its maximum (as in the fused engine).
 SAFE_EXCESS = _numba.SAFE_EXCESS
@@ -219,6 +229,12 @@ def tiled_softmax_sums(
     b = np.ascontiguousarray(b, dtype=np.float64)
     v = np.ascontiguousarray(values, dtype=np.float64)
     logw = np.ascontiguousarray(logw, dtype=np.float64)
+    n_s = b.shape[0]
+    if n_s % SOURCE_ALIGN:  # pad with zero-weight sources: every source tile a multiple of 16
+        pad = SOURCE_ALIGN - n_s % SOURCE_ALIGN
+        b = np.concatenate([b, np.zeros((pad, b.shape[1]))])
+        v = np.concatenate([v, np.zeros((pad, v.shape[1]))])
+        logw = np.concatenate([logw, np.full(pad, -np.inf)])
     ts = source_tile(a.shape[1], v.shape[1])
     with _single_threaded_blas():
         return _tiled(a, b, v, logw, TARGET_TILE, ts)
