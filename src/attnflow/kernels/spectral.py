@@ -180,7 +180,9 @@ def _nthreads(n_points: int) -> int:
     return 1 if n_points < _THREADED_POINTS else int(numba.get_num_threads())
 
 
-def _check(targets: np.ndarray, sources: np.ndarray, weights: np.ndarray, kappa: float, tol: float):
+def _check(
+    targets: np.ndarray, sources: np.ndarray, weights: np.ndarray, kappa: float, tol: float
+) -> None:
     if targets.ndim != 2 or targets.shape[1] not in (2, 3):
         raise ValueError(f"zonal_sums: targets must be (n, 2) or (n, 3), got {targets.shape}")
     d = targets.shape[1]
