@@ -200,3 +200,40 @@ def test_attention_plus_perceptrons_piecewise_in_time_follow_the_gaussian_moment
         assert np.abs(S - y[2:].reshape(2, 2)).max() < 0.02 * np.abs(y[2:]).max()
     x = af.simulate(dyn, law.sample(4000, 3), 0.6, dt=0.02).final
     assert np.abs(moments(x)[0] - y2[:2]).max() < 5 * np.sqrt(np.trace(y2[2:].reshape(2, 2)) / 4000)
+
+
+def support_fraction(sol, k, mass_fraction=0.9):
+    """Fraction of the sphere's measure covered by the densest cells holding ``mass_fraction``
+    of the mass at save ``k``."""
+    area = sol.point_weights.reshape(-1, sol.points_per_cell).sum(axis=1)
+    m = np.maximum(sol.weights[k], 0.0).reshape(-1, sol.points_per_cell).sum(axis=1)
+    order = np.argsort(-m / area)
+    n = int(np.searchsorted(np.cumsum(m[order]), mass_fraction * m.sum())) + 1
+    return float(area[order[:n]].sum() / area.sum())
+
+
+def test_attention_plus_gradient_perceptron_on_the_circle_ascends_e_plus_phi_and_localises():
+    """USA (rescaled) + a perceptron with W[:, k] = c_k A[k] is the Wasserstein gradient ascent
+    of G = E + int Phi, Phi = sum_k c_k (A[k].x + b[k])_+^2 / 2: G never decreases (particles
+    and FE), and the long-time density concentrates on a small set."""
+    from attnflow.fem import circle_mesh
+
+    att = af.SelfAttention(2, beta=4.0, normalized=False, rescale_usa=True)
+    perc = af.Perceptron.gradient([[0.0, 1.0], [1.0, 0.0]], [0.0, -0.5], [1.0, 2.0], sphere=True)
+    dyn = att + perc
+
+    def G(cloud):
+        return math.exp(att.log_energy(cloud)) + float(cloud.weights @ perc.potential(cloud.points))
+
+    law = af.UniformSphere(2)
+    saves = np.linspace(0.0, 20.0, 11)
+    sol = af.simulate(dyn, law.sample(400, 0), 20.0, dt=0.05, save_times=saves)
+    g = np.array([G(af.Cloud(x)) for x in sol.x])
+    assert np.all(np.diff(g) > 0), g
+    fem = MeanFieldSolver(dyn, circle_mesh(128, MPI.COMM_SELF), law, kernel=DenseKernel()).solve(
+        20.0, saves, energy=False
+    )
+    gf = np.array([G(fem.cloud(k)) for k in range(saves.size)])
+    assert np.all(np.diff(gf) > 0), gf
+    check_conservative(fem)
+    assert support_fraction(fem, 0) > 0.85 and support_fraction(fem, -1) < 0.1

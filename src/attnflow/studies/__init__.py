@@ -1,7 +1,9 @@
 """Studies built from the solvers: convergence of the PDE against particles, and the
-low-temperature regime (concentration, cluster counts, metastability)."""
+low-temperature regime (concentration, cluster counts, metastability), and normalizing flows
+(piecewise-constant ReLU controls)."""
 
 from attnflow.studies.convergence import ConvergenceStudy, fit_slope, w1_convergence
+from attnflow.studies.flows import Control, FlowFit, fit_controls, pushforward_kl, relu_flow
 from attnflow.studies.low_temperature import (
     ConcentrationStudy,
     concentration_rate,
@@ -18,13 +20,18 @@ from attnflow.studies.metastability import (
 __all__ = [
     "ClusterCountStudy",
     "ConcentrationStudy",
+    "Control",
     "ConvergenceStudy",
+    "FlowFit",
     "StaircaseStudy",
     "cluster_count_sweep",
     "concentration_rate",
     "concentration_study",
     "energy_staircase",
+    "fit_controls",
     "fit_slope",
+    "pushforward_kl",
     "radial_mean_field",
+    "relu_flow",
     "w1_convergence",
 ]
