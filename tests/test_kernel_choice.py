@@ -15,7 +15,6 @@ from attnflow.kernels.choice import (
     as_kernel_choice,
     kernel_estimates,
     plan_kernels,
-    spectral_degree,
     zonal_kappa,
 )
 
@@ -41,18 +40,6 @@ def test_zonal_kernels_are_recognised():
     assert zonal_kappa(af.SelfAttention(3, sphere=False)) is None  # R^d
     assert zonal_kappa(af.SelfAttention(4)) is None  # S^3: no transform here
     assert zonal_kappa(af.SelfAttention(3, beta=np.inf)) is None  # hardmax
-
-
-def test_spectral_degree_bounds_the_neglected_coefficients():
-    # On S^1 the coefficients of e^{kappa cos} are I_n(kappa); past the degree L the tail
-    # is below tol times the largest, e^{kappa} (here by direct summation).
-    from scipy.special import ive
-
-    for kappa in (0.1, 1.0, 10.0, 100.0, 1000.0):
-        for tol in (1e-8, 1e-12):
-            L = spectral_degree(kappa, tol)
-            n = np.arange(L + 1, L + 2000)
-            assert 2 * ive(n, kappa).sum() < tol, (kappa, tol, L)
 
 
 def test_dense_memory_is_counted_and_an_explicit_choice_over_budget_is_refused(monkeypatch):

@@ -46,7 +46,6 @@ __all__ = [
     "kernel_name",
     "plan_kernels",
     "spectral_available",
-    "spectral_degree",
     "zonal_kappa",
 ]
 
@@ -179,14 +178,6 @@ class KernelEstimate:
         return self.setup + evaluations * self.per_evaluation
 
 
-def spectral_degree(kappa: float, tol: float) -> int:
-    """A priori truncation degree ``L`` of the expansion of ``e^{kappa cos theta}``: the
-    coefficients decay like ``e^{-n^2 / (2 |kappa|)}`` relative to the largest, so
-    ``L = sqrt(2 |kappa| log(1/tol)) + log(1/tol)`` (the second term covers small kappa)."""
-    lt = math.log(1.0 / tol)
-    return math.ceil(math.sqrt(2.0 * abs(kappa) * lt) + lt) + 2
-
-
 def kernel_estimates(
     term: Any,
     *,
@@ -244,7 +235,9 @@ def kernel_estimates(
         )
     kappa = zonal_kappa(term)
     if kappa is not None and abs(kappa) <= SPECTRAL_MAX_KAPPA and spectral_available(d):
-        L = spectral_degree(kappa, tol)
+        from attnflow.kernels.spectral import spectral_plan
+
+        L = spectral_plan(kappa, d, tol).degree
         modes = (2 * L + 1) if d == 2 else (L + 1) ** 2
         transforms = d + 1  # the denominator and d numerator components
         per = transforms * (
