@@ -18,6 +18,7 @@ DEMOS = [
     "demo_convergence.py",
     "demo_gaussian_euclidean.py",
     "demo_low_temperature.py",
+    "demo_normalizing_flow.py",
     "demo_sphere_clustering.py",
     "demo_value_spectrum.py",
 ]
