@@ -250,7 +250,7 @@ def particle_memory(
     """
     n, d, s = int(n_particles), int(d), int(n_save)
     nd = n * d
-    work = (int(stages) + 8) * nd + (nd if ranks > 1 else 0)
+    work = (int(stages) + 10) * nd + (nd if ranks > 1 else 0)
     return _F8 * (2 * s * nd + work + 2 * n) + engine_memory(n, n, d)
 
 
