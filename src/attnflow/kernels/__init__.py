@@ -33,6 +33,7 @@ from attnflow.kernels.choice import (
     SparseKernel,
     SpectralKernel,
 )
+from attnflow.kernels.spectral import zonal_sums
 
 __all__ = [
     "AutoKernel",
@@ -45,6 +46,7 @@ __all__ = [
     "kernel_matrix_sparse",
     "kernel_sums",
     "naive_kernel_sums",
+    "zonal_sums",
 ]
 
 #: Sparse assembly visits all pairs when more than this fraction of them is kept.
