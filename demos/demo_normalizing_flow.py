@@ -45,7 +45,7 @@ logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING)
 log = logging.getLogger("demo_normalizing_flow")
 
 L = 5.0
-cells, n_switches, n_tokens = (16, 3, 1000) if args.small else (24, 6, 4000)
+cells, n_switches, n_tokens = (16, 3, 1000) if args.small else (24, 6, 2000)
 base = af.Gaussian([0.0, 0.0], np.eye(2))
 s2 = 0.3
 centres = np.array([[-1.5, 0.0], [1.5, 0.0]])

@@ -19,6 +19,7 @@ DEMOS = [
     "demo_gaussian_euclidean.py",
     "demo_low_temperature.py",
     "demo_normalizing_flow.py",
+    "demo_perceptron_sphere.py",
     "demo_sphere_clustering.py",
     "demo_value_spectrum.py",
 ]
