@@ -469,3 +469,20 @@ def test_a_summary_is_never_complete_with_nan_energies():
     assert non_finite(cfg, model, None, ens_ok, np.array([[np.inf]])) == [
         "particles: energy not finite"
     ]
+
+
+def test_sweep_overwrite_goes_through_the_points_manifests(tmp_path, capsys):
+    cfg = config(tmp_path, extra='\n[sweep]\nparameter = "model.beta"\nvalues = [1.0, 4.0]\n')
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(cfg), "-o", str(out), "-q"]) == 0
+    top = Manifest.load(out)
+    assert {"sweep.toml", "summary.csv"} <= set(top.files) and "000_beta=1" in top.dirs
+    assert not top.foreign()
+    point = out / "001_beta=4" / "summary.json"
+    text = point.read_text()
+    point.write_text(text + " ")
+    assert main(["sweep", str(cfg), "-o", str(out), "--overwrite", "-q"]) == 2
+    assert "001_beta=4/summary.json changed since attnflow wrote it" in one_error_line(capsys)
+    point.write_text(text)
+    assert main(["sweep", str(cfg), "-o", str(out), "--overwrite", "-q"]) == 0
+    assert json.loads(point.read_text())["status"] == "complete"

@@ -301,8 +301,8 @@ def execute(
     first); collective.
 
     ``manifest`` is the run directory's manifest on rank 0 (opened or created here when not
-    given); ``fem_solver`` a finite element solver already built for ``cfg`` (the CLI builds
-    it before writing anything, to check the initial density on its quadrature points).
+    given); ``fem_solver`` a finite element solver already built for ``cfg`` (optional:
+    built here otherwise).
 
     Returns the summary (on every rank; written to ``summary.json`` by rank 0).
     """
