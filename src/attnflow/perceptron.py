@@ -16,7 +16,7 @@ Ruiz-Balet (arXiv:2412.19366); ``a . w = 0`` is a divergence-free shear. With
                                                        the sigmoid),
 
 so that attention (USA) plus this perceptron on the sphere is the Wasserstein gradient ascent
-of ``E(mu) + int Phi dmu`` (:meth:`Perceptron.potential`; see ``docs`` of the README section
+of ``E(mu) + int Phi dmu`` (:meth:`Perceptron.potential`; derivation in the README section
 "Perceptrons and normalizing flows").
 """
 
