@@ -2,6 +2,7 @@
 low-temperature regime (concentration, cluster counts, metastability), and normalizing flows
 (piecewise-constant ReLU controls)."""
 
+from attnflow.studies.cluster_counts import ClusterCounts, cluster_count_study
 from attnflow.studies.convergence import ConvergenceStudy, fit_slope, w1_convergence
 from attnflow.studies.flows import Control, FlowFit, fit_controls, pushforward_kl, relu_flow
 from attnflow.studies.low_temperature import (
@@ -19,11 +20,13 @@ from attnflow.studies.metastability import (
 
 __all__ = [
     "ClusterCountStudy",
+    "ClusterCounts",
     "ConcentrationStudy",
     "Control",
     "ConvergenceStudy",
     "FlowFit",
     "StaircaseStudy",
+    "cluster_count_study",
     "cluster_count_sweep",
     "concentration_rate",
     "concentration_study",
