@@ -1,5 +1,8 @@
 """A priori resource estimates: refuse a run that cannot fit in memory or cannot finish.
 
+(One idea, one module: the a priori estimates and limits of a run from its sizes alone, and the
+checks built on them; every solver and the application's validation use the same numbers.)
+
 Every solver entry point (and the application's validation) estimates, from the sizes alone and
 before allocating anything, the bytes its arrays will take at their peak on one rank, and the
 number of time steps it will take, and compares them with a budget:
