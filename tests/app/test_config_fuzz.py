@@ -12,7 +12,7 @@ import time
 import tomllib
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mpi4py import MPI
 
@@ -140,6 +140,7 @@ def _parse(raw, **kw) -> None:
 
 @FUZZ
 @given(changes=st.lists(st.tuples(KEYS, VALUES), min_size=1, max_size=4), sweep=st.booleans())
+@example(changes=[(("run", "\n"), [])], sweep=False)  # found by it: a key with a newline
 def test_random_values_at_every_key_raise_only_config_errors(changes, sweep, tmp_path):
     raw = copy.deepcopy(BASE)
     for (section, key), value in changes:

@@ -35,9 +35,10 @@ class ConfigError(ValueError):
     """An invalid configuration: ``key`` is the dotted key, ``message`` what is allowed."""
 
     def __init__(self, key: str, message: str) -> None:
-        self.key = key
+        key = str(key)  # a TOML key may hold any character: escape the unprintable ones
+        self.key = "".join(c if c.isprintable() else repr(c)[1:-1] for c in key)
         self.message = " ".join(str(message).split())  # one line
-        super().__init__(f"{key}: {self.message}" if key else self.message)
+        super().__init__(f"{self.key}: {self.message}" if self.key else self.message)
 
 
 # -- value checks ------------------------------------------------------------------------------
