@@ -4,6 +4,7 @@ non-finite energy (item 7), and the finite element solver's a priori checks (ite
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -320,3 +321,13 @@ def test_fem_dense_memory_estimate_against_the_measured_peak(tmp_path):
     )
     grown, est = (int(v) for v in out.stdout.split()[-2:])
     assert 0.9 * grown <= est <= 1.5 * grown, (grown, est)
+
+
+def test_fem_energy_that_is_not_finite_never_comes_with_success(monkeypatch):
+    fem = _fem()
+    solver = fem.MeanFieldSolver(af.SelfAttention(2), fem.circle_mesh(16), af.UniformSphere(2))
+    assert solver.solve(0.1).status is af.Status.SUCCESS
+    monkeypatch.setattr(af.SelfAttention, "log_energy", lambda self, *a, **k: math.nan)
+    sol = solver.solve(0.1)
+    assert np.all(np.isnan(sol.energy)) and sol.status is af.Status.OVERFLOW
+    assert solver.solve(0.1, energy=False).status is af.Status.SUCCESS  # NaN = not computed
