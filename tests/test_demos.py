@@ -22,6 +22,7 @@ DEMOS = [
     "demo_normalizing_flow.py",
     "demo_perceptron_sphere.py",
     "demo_sphere_clustering.py",
+    "demo_sphere_highres.py",
     "demo_value_spectrum.py",
 ]
 
