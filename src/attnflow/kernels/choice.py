@@ -55,13 +55,21 @@ logger = logging.getLogger(__name__)
 #: ``sqrt(kappa)``; beyond, the kernel is local and the sparse matrix wins).
 SPECTRAL_MAX_KAPPA = 1000.0
 
-# Throughputs of the reference machine (2 cores), used only to rank the methods.
-_ENGINE_PAIRS_PER_S = 1.2e9  # fused engine, d <= 3, with the gathers (README fem_step: 0.27 s/step)
-_ENGINE_PAIRS_PER_S_WIDE = 0.25e9  # unfused, d >= 4
-_MATVEC_ENTRIES_PER_S = 1.5e9  # PETSc MatMult, dense or AIJ (README fem_step table)
-_ASSEMBLY_PAIRS_PER_S = 0.6e9  # kernel_matrix: scores, exp, per-group sums
-_SPECTRAL_POINT_S = 2.0e-7  # per point and scalar transform (ducc0 / finufft, 2 threads)
+# Throughputs and fixed costs per call of the reference machine (2 cores), used only to rank
+# the methods: the fused engine with the gathers (README fem_step: 0.27 s/step at 5120 cells),
+# the BLAS-tiled engine for d >= 4, PETSc's MatMult (dense or AIJ), the assembly, and the
+# transforms of benchmarks/spectral.py (N = 10^6 on S^2: ~0.3 s for 4 transforms of 2 N points).
+# The fixed costs per call were measured on small meshes (S^1, 400 cells: dense 1.2 ms,
+# engine 5 ms, spectral 7.6 ms per evaluation).
+_ENGINE_PAIRS_PER_S = 1.2e9
+_ENGINE_PAIRS_PER_S_WIDE = 0.5e9
+_ENGINE_CALL_S = 1.0e-3
+_MATVEC_ENTRIES_PER_S = 1.5e9
+_MATVEC_CALL_S = 2.0e-4
+_ASSEMBLY_PAIRS_PER_S = 0.6e9
+_SPECTRAL_POINT_S = 4.0e-8  # per point and scalar transform
 _SPECTRAL_MODE_S = 2.0e-8  # per (l, m) mode and scalar transform
+_SPECTRAL_CALL_S = 2.0e-3
 
 
 def _check_tol(tol: float) -> float:
@@ -210,7 +218,7 @@ def kernel_estimates(
             "recomputed",
             int(8 * (n_targets + n_sources) * (2 * d + 2) / ranks),
             0.0,
-            pairs / rate / ranks,
+            _ENGINE_CALL_S + pairs / rate / ranks,
         )
     }
     hardmax = bool(getattr(term, "hardmax", False))
@@ -224,14 +232,14 @@ def kernel_estimates(
             "dense",
             int(2 * 8 * entries / ranks),
             pairs / _ASSEMBLY_PAIRS_PER_S / ranks,
-            entries / _MATVEC_ENTRIES_PER_S / ranks,
+            _MATVEC_CALL_S + entries / _MATVEC_ENTRIES_PER_S / ranks,
         )
         frac = _sparse_fraction(term, tol)
         out["sparse"] = KernelEstimate(
             "sparse",
             int(2.7 * 12 * frac * entries / ranks),  # CSR: 8 + 4 bytes, ~2.7x at assembly peak
             pairs * max(frac, 0.01) / _ASSEMBLY_PAIRS_PER_S / ranks,
-            frac * entries / _MATVEC_ENTRIES_PER_S / ranks,
+            _MATVEC_CALL_S + frac * entries / _MATVEC_ENTRIES_PER_S / ranks,
         )
     kappa = zonal_kappa(term)
     if kappa is not None and abs(kappa) <= SPECTRAL_MAX_KAPPA and spectral_available(d):
@@ -240,7 +248,7 @@ def kernel_estimates(
         L = spectral_plan(kappa, d, tol).degree
         modes = (2 * L + 1) if d == 2 else (L + 1) ** 2
         transforms = d + 1  # the denominator and d numerator components
-        per = transforms * (
+        per = _SPECTRAL_CALL_S + transforms * (
             (n_targets + n_sources) * _SPECTRAL_POINT_S / ranks
             + modes * math.log2(modes + 2) * _SPECTRAL_MODE_S
         )
