@@ -46,7 +46,9 @@ def test_dense_memory_is_counted_and_an_explicit_choice_over_budget_is_refused(m
     m = af.SelfAttention(3, beta=10.0)
     sizes = dict(n_targets=2562, n_sources=30720, solver="fem", n_dofs=5120)
     est = kernel_estimates(m, **sizes)
-    assert est["dense"].memory == 2 * 8 * 2562 * 4 * 5120  # the matrix twice at assembly
+    # At least the matrix twice (engine array + PETSc copy at assembly); resources.kernel_memory
+    # is checked against measured peaks in tests/test_resources.py.
+    assert 2 * 8 * 2562 * 4 * 5120 <= est["dense"].memory < 1.1 * 2 * 8 * 2562 * 4 * 5120
     monkeypatch.setenv("ATTNFLOW_MEMORY_BUDGET", "8M")
     with pytest.raises(ValueError, match=r"kernel: 'dense' needs about .* memory budget 8"):
         plan_kernels(m, DenseKernel(), **sizes)

@@ -179,6 +179,7 @@ class MeanFieldSolver:
         self.kernel_plan = plan_kernels(
             model,
             kernel,
+            budget=self.comm.bcast(memory_budget(ranks=self.comm.size), root=0),
             n_targets=self.U.dofmap.index_map.size_global,
             n_sources=self.comm.allreduce(self.cloud.points.shape[0]),
             n_assembly_sources=self.comm.allreduce(

@@ -199,6 +199,10 @@ def kernel_estimates(
 ) -> dict[str, KernelEstimate]:
     """Memory and cost of every method applicable to ``term`` (a KernelTerm).
 
+    The memory is that of :mod:`attnflow.resources` (``engine_memory``, ``kernel_memory``,
+    ``sparse_kept_fraction``: checked there against measured peaks); the costs use the
+    throughputs above.
+
     Parameters
     ----------
     n_targets, n_sources : global numbers of target and source points (finite elements: the
@@ -209,36 +213,39 @@ def kernel_estimates(
         of quadrature points per cell and local dof; default ``n_sources``).
     ranks : MPI ranks sharing the work and the memory.
     """
+    from attnflow.resources import engine_memory, kernel_memory, sparse_kept_fraction
+
     d = int(term.d)
-    wide = d >= 4
     pairs = float(n_targets) * float(n_sources)
-    rate = _ENGINE_PAIRS_PER_S_WIDE if wide else _ENGINE_PAIRS_PER_S
+    rate = _ENGINE_PAIRS_PER_S_WIDE if d >= 4 else _ENGINE_PAIRS_PER_S
+    n_t_local = max(1, -(-int(n_targets) // max(1, ranks)))
+    engine_cost = _ENGINE_CALL_S + pairs / rate / ranks
     out: dict[str, KernelEstimate] = {
         "recomputed": KernelEstimate(
-            "recomputed",
-            int(8 * (n_targets + n_sources) * (2 * d + 2) / ranks),
-            0.0,
-            _ENGINE_CALL_S + pairs / rate / ranks,
+            "recomputed", engine_memory(n_t_local, int(n_sources), d), 0.0, engine_cost
         )
     }
     hardmax = bool(getattr(term, "hardmax", False))
     if solver == "fem" and not hardmax:
         cols = int(n_dofs if n_dofs is not None else n_sources)
-        pairs = float(n_targets) * float(n_assembly_sources or n_sources)
+        assembly = int(n_assembly_sources or n_sources)
+        sizes = dict(n_targets=n_t_local, n_groups=cols, n_q=max(1, assembly // cols), gdim=d)
+        out["recomputed"] = KernelEstimate(
+            "recomputed", kernel_memory("recomputed", **sizes), 0.0, engine_cost
+        )
         entries = float(n_targets) * (d + 1) * cols
-        # Assembly peak: the numpy matrix and the PETSc copy (kernel_matrix's (n, m+1, n_g)
-        # array, then the Mat), i.e. two copies.
+        assembly_cost = float(n_targets) * assembly / _ASSEMBLY_PAIRS_PER_S / ranks
         out["dense"] = KernelEstimate(
             "dense",
-            int(2 * 8 * entries / ranks),
-            pairs / _ASSEMBLY_PAIRS_PER_S / ranks,
+            kernel_memory("dense", **sizes),
+            assembly_cost,
             _MATVEC_CALL_S + entries / _MATVEC_ENTRIES_PER_S / ranks,
         )
-        frac = _sparse_fraction(term, tol)
+        frac = sparse_kept_fraction(term, tol)
         out["sparse"] = KernelEstimate(
             "sparse",
-            int(2.7 * 12 * frac * entries / ranks),  # CSR: 8 + 4 bytes, ~2.7x at assembly peak
-            pairs * max(frac, 0.01) / _ASSEMBLY_PAIRS_PER_S / ranks,
+            kernel_memory("sparse", kept_fraction=frac, **sizes),
+            assembly_cost * max(frac, 0.01),
             _MATVEC_CALL_S + frac * entries / _MATVEC_ENTRIES_PER_S / ranks,
         )
     kappa = zonal_kappa(term)
@@ -248,11 +255,11 @@ def kernel_estimates(
         L = spectral_plan(kappa, d, tol).degree
         modes = (2 * L + 1) if d == 2 else (L + 1) ** 2
         transforms = d + 1  # the denominator and d numerator components
+        points = n_t_local + int(n_sources) / max(1, ranks)
         per = _SPECTRAL_CALL_S + transforms * (
-            (n_targets + n_sources) * _SPECTRAL_POINT_S / ranks
-            + modes * math.log2(modes + 2) * _SPECTRAL_MODE_S
+            points * _SPECTRAL_POINT_S + modes * math.log2(modes + 2) * _SPECTRAL_MODE_S
         )
-        mem = int(8 * transforms * ((n_targets + n_sources) / ranks + 4 * modes))
+        mem = int(8 * transforms * (points + 4 * modes))
         out["spectral"] = KernelEstimate("spectral", mem, 0.0, per)
     return out
 
@@ -274,19 +281,6 @@ def zonal_kappa(term: Any) -> float | None:
     or S^2 (see ``KernelTerm.zonal``), else ``None``."""
     zonal = term.zonal() if hasattr(term, "zonal") else None
     return None if zonal is None else float(zonal[0])
-
-
-def _sparse_fraction(term: Any, tol: float) -> float:
-    """A priori fraction of the pairs kept by the truncated matrix (1 when unknown)."""
-    kappa = zonal_kappa(term)
-    if kappa is None or kappa <= 0:
-        return 1.0
-    c = 1.0 - math.log(1.0 / tol) / kappa  # kept: <x, y> >= c
-    if c <= -1.0:
-        return 1.0
-    if term.d == 3:
-        return (1.0 - c) / 2.0  # area fraction of the cap
-    return math.acos(max(-1.0, min(1.0, c))) / math.pi
 
 
 @dataclass(frozen=True)
@@ -315,19 +309,24 @@ def plan_kernels(
     n_dofs: int | None = None,
     n_assembly_sources: int | None = None,
     ranks: int = 1,
+    budget: int | None = None,
 ) -> KernelPlan:
     """Resolve ``kernel`` (a choice, a name or ``"auto"``) for every kernel term of
     ``dynamics``; refuse (one line, ``ValueError``) an explicit choice that does not apply or
-    whose memory exceeds the budget. Nothing is allocated here."""
+    whose memory exceeds the budget. Nothing is allocated here.
+
+    ``budget`` (bytes per rank): the memory budget; default the ``AutoKernel``'s, else
+    :func:`attnflow.resources.memory_budget`. Under MPI pass the same value on every rank (e.g.
+    rank 0's, broadcast), so that every rank makes the same choice.
+    """
     from attnflow.dynamics import KernelTerm
     from attnflow.resources import format_bytes, memory_budget
 
     choice = as_kernel_choice(kernel)
-    budget = (
-        choice.memory_budget
-        if isinstance(choice, AutoKernel) and choice.memory_budget is not None
-        else memory_budget(ranks=ranks)
-    )
+    if isinstance(choice, AutoKernel) and choice.memory_budget is not None:
+        budget = int(choice.memory_budget)
+    elif budget is None:
+        budget = memory_budget(ranks=ranks)
     choices: dict[int, Any] = {}
     records: list[dict[str, Any]] = []
     for term in dynamics.terms(None):

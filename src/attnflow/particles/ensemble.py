@@ -22,7 +22,7 @@ from attnflow.kernels.choice import plan_kernels
 from attnflow.laws import Law
 from attnflow.particles.integrate import RK4, Euler
 from attnflow.particles.stepping import check_restart, march
-from attnflow.resources import check_field_overflow, check_particle_run
+from attnflow.resources import check_field_overflow, check_particle_run, memory_budget
 from attnflow.solutions import EnsembleSolution, Status
 from attnflow.states import CheckpointError, ParticleState, rng_states_json
 from attnflow.timegrid import check_dt, check_every, time_grid
@@ -110,7 +110,12 @@ def ensemble(
     )
     d = model.d
     plan = plan_kernels(
-        model, kernel, n_targets=n_particles, n_sources=n_particles, solver="particles"
+        model,
+        kernel,
+        n_targets=n_particles,
+        n_sources=n_particles,
+        solver="particles",
+        budget=None if comm is None else comm.bcast(memory_budget(), root=0),
     )
     if restart is not None:
         check_restart(restart, dt, grid, (n_runs, n_particles, d))

@@ -34,7 +34,7 @@ from attnflow.cloud import Cloud
 from attnflow.dynamics import Dynamics
 from attnflow.kernels.choice import plan_kernels
 from attnflow.particles.stepping import blocks, check_restart, march
-from attnflow.resources import check_particle_run
+from attnflow.resources import check_particle_run, memory_budget
 from attnflow.solutions import Solution, Status
 from attnflow.states import ParticleState
 from attnflow.timegrid import check_dt, check_every, time_grid
@@ -151,7 +151,14 @@ def simulate(
     )
     if restart is not None:
         check_restart(restart, dt, grid, (1, n, model.d))
-    plan = plan_kernels(model, kernel, n_targets=n, n_sources=n, solver="particles")
+    plan = plan_kernels(
+        model,
+        kernel,
+        n_targets=n,
+        n_sources=n,
+        solver="particles",
+        budget=None if comm is None else comm.bcast(memory_budget(), root=0),
+    )
 
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
     lo, hi = blocks(n, size)[rank]
