@@ -8,7 +8,7 @@ comparisons, studies and the solutions. The finite element solver is imported ex
 application layer (``attnflow.app``), which the library never imports.
 """
 
-from attnflow import compare, geometry, io, kernels, laws, metrics
+from attnflow import compare, geometry, io, kernels, laws, layers, metrics
 from attnflow.cloud import Cloud
 from attnflow.dynamics import Dynamics, KernelTerm, Piecewise, Sum
 from attnflow.kernels import kernel_sums
@@ -59,6 +59,7 @@ __all__ = [
     "kernel_sums",
     "kernels",
     "laws",
+    "layers",
     "load_solution",
     "metrics",
     "simulate",
