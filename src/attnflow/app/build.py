@@ -21,14 +21,18 @@ import numpy as np
 
 from attnflow import laws, metrics
 from attnflow.app.config.expressions import compile_expression
-from attnflow.model import SelfAttention
+from attnflow.app.config.schema import PerceptronTerm
+from attnflow.dynamics import Dynamics, Piecewise
+from attnflow.model import MultiHead, SelfAttention
 from attnflow.particles import RK4, Euler
+from attnflow.perceptron import Perceptron
 
 if TYPE_CHECKING:
-    from attnflow.app.config.schema import Config, InitialSection, ModelSection
+    from attnflow.app.config.schema import AttentionTerm, Config, InitialSection, ModelSection
 
 __all__ = [
     "build_fem_solver",
+    "build_head",
     "build_kernel",
     "build_mesh",
     "build_model",
@@ -42,19 +46,54 @@ __all__ = [
 
 
 # -- model and initial data --------------------------------------------------------------------
-def build_model(model: ModelSection) -> SelfAttention:
-    """The :class:`~attnflow.SelfAttention` model of a ``[model]`` section."""
+def _matrix(a: tuple | None) -> np.ndarray | None:
+    return None if a is None else np.array(a, dtype=float)
+
+
+def build_head(head: ModelSection | AttentionTerm, d: int, sphere: bool) -> SelfAttention:
+    """The :class:`~attnflow.SelfAttention` head of ``[model]`` or of an attention term."""
     return SelfAttention(
-        model.d,
-        beta=model.beta,
-        Q=None if model.Q is None else np.array(model.Q),
-        K=None if model.K is None else np.array(model.K),
-        V=None if model.V is None else np.array(model.V),
-        normalized=model.attention == "SA",
-        sphere=model.sphere,
-        rescale_usa=model.rescale_usa,
-        centered=model.centered,
+        d,
+        beta=head.beta,
+        Q=_matrix(head.Q),
+        K=_matrix(head.K),
+        V=_matrix(head.V),
+        normalized=head.attention == "SA",
+        sphere=sphere,
+        rescale_usa=head.rescale_usa,
+        centered=head.centered,
     )
+
+
+def build_model(model: ModelSection) -> Dynamics:
+    """The dynamics of ``[model]``, ``[[terms]]`` and ``[[controls]]``.
+
+    The attention heads (``[model]``'s unless ``attention = "none"``, then the attention
+    terms) form one :class:`~attnflow.SelfAttention` (a single head, no ``output``) or a
+    :class:`~attnflow.MultiHead`; then come the perceptron terms (:class:`~attnflow.Perceptron`)
+    in their order and the controls (an :class:`~attnflow.Piecewise` of width-one perceptrons
+    switching at the controls' start times), summed with ``+``. Without terms and controls
+    this is the :class:`~attnflow.SelfAttention` of ``[model]``, as before.
+    """
+    d, sphere = model.d, model.sphere
+    heads = [build_head(h, d, sphere) for _, h in model.heads()]
+    parts: list[Dynamics] = []
+    if len(heads) == 1 and model.output is None:
+        parts.append(heads[0])
+    elif heads:
+        parts.append(MultiHead(heads, output=_matrix(model.output)))
+    for t in model.terms:
+        if isinstance(t, PerceptronTerm):
+            parts.append(Perceptron(t.W, t.A, t.b, t.activation, sphere))
+    if model.controls:
+        pieces = [Perceptron.single(c.w, c.a, c.b, c.activation, sphere) for c in model.controls]
+        parts.append(Piecewise([c.start for c in model.controls[1:]], pieces))
+    if not parts:
+        raise ValueError("the dynamics is empty (no attention head, term or control)")
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
 
 
 def _named_law(initial: InitialSection, d: int) -> laws.Law:

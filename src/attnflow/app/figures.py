@@ -18,7 +18,7 @@ import numpy as np
 from attnflow.app.build import geometry
 
 if TYPE_CHECKING:
-    from attnflow.app.config import Config
+    from attnflow.app.config import Config, ModelSection
     from attnflow.compare import Comparison
     from attnflow.solutions import EnsembleSolution, FieldSolution
 
@@ -63,12 +63,15 @@ def summary_figure(
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     axes = np.atleast_1d(axes)
     ax = axes[0]
-    if fem is not None:
+    fem_energy = fem is not None and bool(np.isfinite(fem.energy).any())
+    if fem_energy:
         ax.plot(fem.t, fem.energy, "k-", label="finite elements")
     if ens is not None and particle_log_energy is not None:
         e = particle_log_energy
         ax.errorbar(ens.t, e.mean(0), yerr=e.std(0), capsize=2, label="particles")
     ax.set(xlabel="t", ylabel=r"$\log E$", title="interaction energy")
+    if not fem_energy and (ens is None or particle_log_energy is None):
+        ax.text(0.5, 0.5, "no interaction energy", ha="center", transform=ax.transAxes)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     ax = axes[1]
@@ -110,10 +113,7 @@ def summary_figure(
         m, s = cmp.mean_sd(cmp.w1)
         ax.errorbar(cmp.t, m, yerr=s, capsize=2)
         ax.set(xlabel="t", ylabel=r"$W_1$", title="W1(finite elements, particles)")
-    fig.suptitle(
-        f"{cfg.run.name}: {cfg.model.attention}, d = {cfg.model.d}, "
-        f"beta = {cfg.model.beta:g}, {cfg.model.space}"
-    )
+    fig.suptitle(f"{cfg.run.name}: {_describe(cfg.model)}, d = {cfg.model.d}, {cfg.model.space}")
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "summary.png"
@@ -122,3 +122,15 @@ def summary_figure(
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def _describe(m: ModelSection) -> str:
+    """The dynamics in a few words: ``SA, beta = 4`` (one head and nothing else), else e.g.
+    ``2 heads + 1 perceptron + 3 controls``."""
+    heads = m.heads()
+    n_perc = len(m.terms) - sum(p != "model" for p, _ in heads)
+    if len(heads) == 1 and not n_perc and not m.controls:
+        h = heads[0][1]
+        return f"{h.attention}, beta = {h.beta:g}"
+    parts = [(len(heads), "head"), (n_perc, "perceptron"), (len(m.controls), "control")]
+    return " + ".join(f"{n} {w}{'s' if n > 1 else ''}" for n, w in parts if n)

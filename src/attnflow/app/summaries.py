@@ -130,12 +130,17 @@ def comparison_summary(cmp) -> dict[str, Any]:
 
 
 def non_finite(cfg: Config, model, fem, ens, particle_energy) -> list[str]:
-    """What makes a result not finite (a solver's status, NaN or inf energies, masses)."""
+    """What makes a result not finite: a solver's status, a mass that is not finite, or an
+    energy that was computed and is not finite. An energy that was not computed (a dynamics
+    without one, ``model.has_energy`` False: several heads, perceptrons, controls; or
+    ``fem.energy = false``) is recorded as NaN (``null`` in the summary) and is not a
+    problem."""
     out = []
     if fem is not None:
         if fem.status is not Status.SUCCESS:
             out.append(f"finite elements: {fem.status.value}")
-        names = ("mass", "energy") if cfg.fem.energy and model.has_energy else ("mass",)
+        computed = cfg.fem.energy and model.has_energy
+        names = ("mass", "energy") if computed else ("mass",)
         for name in names:
             a = np.asarray(getattr(fem, name), dtype=float)
             if a.size and not np.all(np.isfinite(a)):

@@ -7,9 +7,11 @@ arrays a run will allocate on one rank — the particle ensemble
 the memory budget (:func:`attnflow.resources.memory_budget`: half the available memory shared
 by the ranks, or ``ATTNFLOW_MEMORY_BUDGET``), and the number of time steps (the particles'
 ``t_final / dt``; the finite element CFL step estimated from the mesh size and the model's
-speed bound) against :func:`attnflow.resources.max_steps` (``ATTNFLOW_MAX_STEPS``). A USA
-model whose field must overflow float64 (:meth:`attnflow.SelfAttention.check_finite_field`)
-is refused naming ``model.beta``. Every refusal is one
+speed bound, :meth:`attnflow.Dynamics.speed_bound`: the sum of the terms' bounds, the
+largest over the controls' pieces) against :func:`attnflow.resources.max_steps`
+(``ATTNFLOW_MAX_STEPS``); the kernel memory counts one operator per attention head. A USA
+head whose field must overflow float64 (:meth:`attnflow.SelfAttention.check_finite_field`)
+is refused naming its ``beta`` (``model.beta``, ``terms[i].beta``). Every refusal is one
 :class:`~attnflow.app.config.values.ConfigError` line naming the key.
 """
 
@@ -22,22 +24,33 @@ import numpy as np
 from attnflow import resources
 from attnflow.app.config.schema import Config, ModelSection
 from attnflow.app.config.values import ConfigError
+from attnflow.dynamics import KernelTerm
 
 __all__ = ["check_limits", "check_model_overflow", "fem_step_estimate", "mesh_size"]
 
 
 def check_model_overflow(model: ModelSection, radius: float | None) -> None:
     """Refuse a USA ``beta`` whose field must overflow for tokens with ``|x| <= radius``
-    (``None``: unknown, checked by the solvers once the tokens exist)."""
-    if model.attention != "USA" or radius is None or math.isinf(model.beta):
+    (``None``: unknown, checked by the solvers once the tokens exist), naming the head's key
+    (``model.beta`` or ``terms[i].beta``); with an output matrix the heads' value matrices
+    include it."""
+    if radius is None:
         return
     from attnflow.app.build import build_model
+    from attnflow.model import SelfAttention
 
-    try:
-        build_model(model).check_finite_field(radius)
-    except ValueError as e:
-        msg = str(e).replace("rescale_usa=True", "model.rescale_usa = true")
-        raise ConfigError("model.beta", msg) from None
+    heads = model.heads()
+    if not any(h.attention == "USA" and not math.isinf(h.beta) for _, h in heads):
+        return
+    built = [t for t in build_model(model).terms() if isinstance(t, SelfAttention)]
+    for (prefix, h), head in zip(heads, built, strict=True):
+        if h.attention != "USA" or math.isinf(h.beta):
+            continue
+        try:
+            head.check_finite_field(radius)
+        except ValueError as e:
+            msg = str(e).replace("rescale_usa=True", f"{prefix}.rescale_usa = true")
+            raise ConfigError(f"{prefix}.beta", msg) from None
 
 
 def _radius(cfg: Config) -> float | None:
@@ -115,14 +128,17 @@ def _fem(cfg: Config, ranks: int, budget: int, arrays) -> None:
     n_save = len(cfg.time.save_times)
     kernel = f.kernel if f.kernel in ("dense", "sparse", "recomputed") else "recomputed"
     kept = 1.0
-    if kernel == "sparse":
-        kept = resources.sparse_kept_fraction(build_model(cfg.model), f.tol, counts.h)
+    model = build_model(cfg.model)
+    heads = [t for t in model.terms() if isinstance(t, KernelTerm)]
+    if kernel == "sparse" and heads:
+        kept = max(resources.sparse_kept_fraction(t, f.tol, counts.h) for t in heads)
     need = resources.fem_memory(
         counts,
         degree=f.degree,
         n_save=n_save,
         kernel=kernel,
         kept_fraction=kept,
+        n_terms=max(1, len(heads)),
         ranks=ranks,
         quadrature_degree=f.quadrature_degree,
         checkpoints=cfg.checkpoint.every > 0,

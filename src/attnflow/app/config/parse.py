@@ -29,6 +29,7 @@ from attnflow.app import build
 from attnflow.app.config.density import check_density
 from attnflow.app.config.limits import check_limits
 from attnflow.app.config.schema import (
+    ARRAYS,
     INITIAL_COMMON,
     INITIAL_KEYS,
     INITIAL_TYPES,
@@ -50,6 +51,7 @@ from attnflow.app.config.schema import (
     SweepSection,
     TimeSection,
 )
+from attnflow.app.config.terms import check_model_times, parse_model
 from attnflow.app.config.tomlio import read_toml
 from attnflow.app.config.values import (
     ConfigError,
@@ -62,7 +64,6 @@ from attnflow.app.config.values import (
     check_str,
     check_vector,
     choices,
-    is_number,
     show,
 )
 
@@ -92,32 +93,6 @@ def _parse_run(raw, name: str) -> RunSection:
         )
     solvers = tuple(x for x in SOLVERS if x in s)
     return RunSection(solvers, check_str(t.key("name"), t.get("name", name)))
-
-
-def _parse_model(raw) -> ModelSection:
-    t = Table(raw, "model", SECTIONS["model"])
-    space = check_choice(t.key("space"), t.get("space", "sphere"), ("sphere", "euclidean"))
-    d = check_int(t.key("d"), t.get("d", hint="the dimension of the ambient space"), 1, 64)
-    if space == "sphere" and d < 2:
-        raise ConfigError(t.key("d"), f"must be >= 2 on the sphere (S^(d-1)), got {d}")
-    beta_raw = t.get("beta", 1.0)
-    if not is_number(beta_raw) or math.isnan(float(beta_raw)) or not float(beta_raw) > 0:
-        raise ConfigError(t.key("beta"), f"must be > 0, got {show(beta_raw)}")
-    beta = float(beta_raw)
-    attention = check_choice(t.key("attention"), t.get("attention", "SA"), ("SA", "USA"))
-    if math.isinf(beta) and attention == "USA":
-        raise ConfigError(t.key("beta"), 'must be finite for attention = "USA" (hardmax is SA)')
-    mats = {k: check_matrix(t.key(k), t.get(k, "identity"), d, allow_identity=True) for k in "QKV"}
-    rescale = check_bool(t.key("rescale_usa"), t.get("rescale_usa", False))
-    if rescale and attention != "USA":
-        raise ConfigError(t.key("rescale_usa"), 'applies to attention = "USA" only')
-    centered = check_bool(t.key("centered"), t.get("centered", False))
-    m = ModelSection(d, beta, attention, space, mats["Q"], mats["K"], mats["V"], rescale, centered)
-    try:
-        build.build_model(m)
-    except (TypeError, ValueError) as e:  # anything the model itself rejects
-        raise ConfigError("model", str(e)) from None
-    return m
 
 
 def _parse_mesh(raw, model: ModelSection, base_dir: Path, fem: bool) -> MeshSection | None:
@@ -332,24 +307,22 @@ def parse_config(
     if not isinstance(raw, Mapping):
         raise ConfigError("", "the configuration must be a table")
     for k, v in raw.items():
-        if k not in SECTIONS:
-            raise ConfigError(k, f"unknown section (allowed: {', '.join(SECTIONS)})")
-        if not isinstance(v, dict):
+        if k not in SECTIONS and k not in ARRAYS:
+            allowed = ", ".join([*SECTIONS, *(f"[[{a}]]" for a in ARRAYS)])
+            raise ConfigError(k, f"unknown section (allowed: {allowed})")
+        if k not in ARRAYS and not isinstance(v, dict):
             raise ConfigError(k, f"must be a table ([{k}]), got {show(v)}")
     if "sweep" in raw and not allow_sweep:
         raise ConfigError("sweep", "this is a sweep configuration: run it with `attnflow sweep`")
     base = Path(base_dir)
     run = _parse_run(raw, name)
-    model = _parse_model(raw)
-    if run.fem and math.isinf(model.beta):
-        raise ConfigError(
-            "model.beta",
-            "must be finite for the finite element solver (inf, hardmax, is for "
-            'particles: run.solvers = ["particles"])',
-        )
+    model = parse_model(raw)
+    if run.fem:
+        check_model_times(model, math.inf, fem=True)
     mesh = _parse_mesh(raw, model, base, run.fem)
     initial = _parse_initial(raw, model, mesh, run.particles)
     time = _parse_time(raw)
+    check_model_times(model, time.t_final, fem=False)
     fem = _parse_simple(
         raw,
         "fem",

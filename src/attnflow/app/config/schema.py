@@ -17,6 +17,10 @@ from typing import Any
 from attnflow.app.config.tomlio import dumps_toml
 
 __all__ = [
+    "ARRAYS",
+    "ATTENTIONS",
+    "CONTROL_KEYS",
+    "HEAD_KEYS",
     "INITIAL_COMMON",
     "INITIAL_KEYS",
     "INITIAL_TYPES",
@@ -25,15 +29,19 @@ __all__ = [
     "METHODS",
     "SECTIONS",
     "SOLVERS",
+    "TERM_KEYS",
+    "AttentionTerm",
     "CheckpointSection",
     "CompareSection",
     "Config",
+    "Control",
     "FemSection",
     "InitialSection",
     "MeshSection",
     "ModelSection",
     "OutputSection",
     "ParticlesSection",
+    "PerceptronTerm",
     "RunSection",
     "SweepSection",
     "TimeSection",
@@ -68,10 +76,37 @@ INITIAL_KEYS: dict[str, tuple[str, ...]] = {
 }
 #: Keys of every initial density type.
 INITIAL_COMMON = ("type", "normalize", "half_width", "bound")
+#: ``model.attention`` values (``"none"``: no attention head from ``[model]``).
+ATTENTIONS = ("SA", "USA", "none")
+#: The keys of an attention head (``[model]`` and ``[[terms]]`` of type ``"attention"``).
+HEAD_KEYS = ("beta", "attention", "Q", "K", "V", "rescale_usa", "centered")
+#: The keys of each ``[[terms]]`` type (besides ``type``).
+TERM_KEYS: dict[str, tuple[str, ...]] = {
+    "perceptron": ("W", "A", "b", "activation"),
+    "attention": HEAD_KEYS,
+}
+#: The keys of a ``[[controls]]`` table.
+CONTROL_KEYS = ("start", "w", "a", "b", "activation")
+#: The arrays of tables (``[[terms]]``, ``[[controls]]``) and their keys.
+ARRAYS: dict[str, tuple[str, ...]] = {
+    "terms": ("type", *dict.fromkeys(k for ks in TERM_KEYS.values() for k in ks)),
+    "controls": CONTROL_KEYS,
+}
 #: The keys of every section.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "run": ("solvers", "name"),
-    "model": ("d", "beta", "attention", "space", "Q", "K", "V", "rescale_usa", "centered"),
+    "model": (
+        "d",
+        "beta",
+        "attention",
+        "space",
+        "Q",
+        "K",
+        "V",
+        "rescale_usa",
+        "centered",
+        "output",
+    ),
     "mesh": ("type", "cells", "level", "length", "path"),
     "initial": INITIAL_COMMON + tuple(k for ks in INITIAL_KEYS.values() for k in ks),
     "time": ("t_final", "save_times", "n_saves", "save_every"),
@@ -103,8 +138,50 @@ class RunSection:
 
 
 @dataclass(frozen=True)
+class AttentionTerm:
+    """``[[terms]]`` of ``type = "attention"``: a further head (see :class:`attnflow.MultiHead`)."""
+
+    beta: float = 1.0
+    attention: str = "SA"
+    Q: tuple | None = None
+    K: tuple | None = None
+    V: tuple | None = None
+    rescale_usa: bool = False
+    centered: bool = False
+
+
+@dataclass(frozen=True)
+class PerceptronTerm:
+    """``[[terms]]`` of ``type = "perceptron"``: ``sum_k W[:, k] s(A[k] . x + b[k])``
+    (see :class:`attnflow.Perceptron`); ``W`` (d, m), ``A`` (m, d), ``b`` (m,) as tuples."""
+
+    W: tuple
+    A: tuple
+    b: tuple
+    activation: str = "relu"
+
+
+@dataclass(frozen=True)
+class Control:
+    """``[[controls]]``: the width-one field ``w s(a . x + b)`` acting from time ``start`` to
+    the next control's (piecewise-constant controls, :class:`attnflow.Piecewise`)."""
+
+    start: float
+    w: tuple
+    a: tuple
+    b: float
+    activation: str = "relu"
+
+
+@dataclass(frozen=True)
 class ModelSection:
-    """``[model]``: the attention dynamics (see :class:`attnflow.SelfAttention`)."""
+    """``[model]`` with ``[[terms]]`` and ``[[controls]]``: the dynamics.
+
+    The attention head of ``[model]`` (:class:`attnflow.SelfAttention`; none with
+    ``attention = "none"``), the further ``terms`` (attention heads and perceptrons, in the
+    order given), the piecewise-constant ``controls``, and the heads' ``output`` matrix. Built
+    by :func:`attnflow.app.build.build_model`.
+    """
 
     d: int
     beta: float = 1.0
@@ -115,11 +192,25 @@ class ModelSection:
     V: tuple | None = None
     rescale_usa: bool = False
     centered: bool = False
+    output: tuple | None = None
+    terms: tuple[AttentionTerm | PerceptronTerm, ...] = ()
+    controls: tuple[Control, ...] = ()
 
     @property
     def sphere(self) -> bool:
         """The dynamics lives on the unit sphere (else in R^d)."""
         return self.space == "sphere"
+
+    def heads(self) -> tuple[tuple[str, AttentionTerm | ModelSection], ...]:
+        """The attention heads with the prefix of their keys: ``("model", self)`` unless
+        ``attention = "none"``, then ``("terms[i]", term)`` for the attention terms."""
+        out: list[tuple[str, AttentionTerm | ModelSection]] = []
+        if self.attention != "none":
+            out.append(("model", self))
+        out += [
+            (f"terms[{i}]", t) for i, t in enumerate(self.terms) if isinstance(t, AttentionTerm)
+        ]
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -231,27 +322,30 @@ class Config:
     sweep: SweepSection | None = None
 
     # -- writing -------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        """The resolved configuration as nested tables (every default filled in)."""
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as nested tables (every default filled in), with the
+        arrays of tables ``terms`` and ``controls`` as lists of tables."""
         m = self.model
+        mat = _matrix
 
-        def mat(a):
-            return "identity" if a is None else [list(r) for r in a]
-
-        out: dict[str, dict[str, Any]] = {
+        model: dict[str, Any] = {"d": m.d, "space": m.space, "attention": m.attention}
+        if m.attention != "none":
+            model.update(_head(m))
+        if m.output is not None:
+            model["output"] = mat(m.output)
+        out: dict[str, Any] = {
             "run": {"solvers": list(self.run.solvers), "name": self.run.name},
-            "model": {
-                "d": m.d,
-                "beta": m.beta,
-                "attention": m.attention,
-                "space": m.space,
-                "Q": mat(m.Q),
-                "K": mat(m.K),
-                "V": mat(m.V),
-                "rescale_usa": m.rescale_usa,
-                "centered": m.centered,
-            },
+            "model": model,
         }
+        if m.terms:
+            out["terms"] = [
+                {"type": "attention", **_head(t)}
+                if isinstance(t, AttentionTerm)
+                else {"type": "perceptron", **_plain(_fields(t))}
+                for t in m.terms
+            ]
+        if m.controls:
+            out["controls"] = [_plain(_fields(c)) for c in m.controls]
         if self.mesh is not None:
             ms = self.mesh
             keys = {"circle": ("cells",), "sphere": ("level",), "box": ("cells", "length")}
@@ -308,3 +402,23 @@ class Config:
 
 def _fields(obj: Any) -> dict[str, Any]:
     return {k: getattr(obj, k) for k in obj.__dataclass_fields__}
+
+
+def _matrix(a: tuple | None) -> Any:
+    return "identity" if a is None else [list(r) for r in a]
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """Tuples (vectors, matrices) as lists."""
+    return {
+        k: [list(r) if isinstance(r, tuple) else r for r in v] if isinstance(v, tuple) else v
+        for k, v in d.items()
+    }
+
+
+def _head(h: AttentionTerm | ModelSection) -> dict[str, Any]:
+    """The keys of an attention head (``[model]`` or an attention term)."""
+    out = {"beta": h.beta, "attention": h.attention}
+    out.update({k: _matrix(getattr(h, k)) for k in "QKV"})
+    out.update(rescale_usa=h.rescale_usa, centered=h.centered)
+    return out

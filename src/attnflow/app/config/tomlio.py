@@ -61,21 +61,37 @@ def dumps_toml(tables: Mapping[str, Any], header: str = "") -> str:
 
     Values: bools, ints, floats (``repr``, so they read back bitwise; ``inf``/``nan``),
     strings, and (nested) lists of these; one level of tables, plus nested tables as dotted
-    headers. Enough for configurations; not a general TOML writer.
+    headers, and arrays of tables (a non-empty list of mappings of values: ``[[name]]``).
+    Enough for configurations; not a general TOML writer.
     """
     lines = [f"# {line}" for line in header.splitlines()] if header else []
 
+    def is_array(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and bool(v) and all(isinstance(x, Mapping) for x in v)
+
+    def header(text: str) -> None:
+        if lines:
+            lines.append("")
+        lines.append(text)
+
     def emit(prefix: str, table: Mapping[str, Any]) -> None:
-        scalars = {k: v for k, v in table.items() if not isinstance(v, Mapping)}
-        subs = {k: v for k, v in table.items() if isinstance(v, Mapping)}
+        scalars = {k: v for k, v in table.items() if not isinstance(v, Mapping) and not is_array(v)}
+        subs = {k: v for k, v in table.items() if k not in scalars}
         if prefix and (scalars or not subs):
-            if lines:
-                lines.append("")
-            lines.append(f"[{prefix}]")
+            header(f"[{prefix}]")
         for k, v in scalars.items():
             lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
         for k, v in subs.items():
-            emit(f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k), v)
+            name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
+            if isinstance(v, Mapping):
+                emit(name, v)
+                continue
+            for item in v:  # an array of tables, [[name]]
+                header(f"[[{name}]]")
+                for kk, vv in item.items():
+                    if isinstance(vv, Mapping) or is_array(vv):
+                        raise TypeError(f"cannot write a table inside [[{name}]]")
+                    lines.append(f"{_toml_key(kk)} = {_toml_value(vv)}")
 
     emit("", tables)
     return "\n".join(lines) + "\n"

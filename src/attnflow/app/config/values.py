@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "ConfigError",
     "Table",
+    "check_array",
     "check_bool",
     "check_choice",
     "check_float",
@@ -193,6 +194,43 @@ def check_matrix(key: str, v: Any, d: int, *, allow_identity: bool = False) -> t
     if not all(math.isfinite(x) for r in m for x in r):
         raise ConfigError(key, "must have finite entries")
     return m
+
+
+def _shape_text(shape: Sequence[object]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def check_array(key: str, v: Any, shape: Sequence[int | None], names: str) -> tuple:
+    """``v`` as a nested tuple of finite floats of ``shape`` (1-D or 2-D; ``None``: any size
+    >= 1), e.g. ``check_array("terms[0].A", v, (3, 2), "(m, d)")``; ``names`` names the axes
+    in the message (``must have shape (m, d) = (3, 2), got (2, 2)``)."""
+    axes = [n.strip() for n in names.strip("()").split(",") if n.strip()]
+    want = _shape_text([n if s is None else s for s, n in zip(shape, axes, strict=True)])
+    if len(shape) == 1:
+        ok = isinstance(v, list) and all(is_number(x) for x in v)
+        got = (len(v),) if ok else None
+    else:
+        ok = isinstance(v, list) and all(
+            isinstance(r, list) and all(is_number(x) for x in r) for r in v
+        )
+        lengths = {len(r) for r in v} if ok else set()
+        ok = ok and len(lengths) <= 1
+        got = (len(v), lengths.pop() if lengths else 0) if ok else None
+    if got is None:
+        what = "a list of numbers" if len(shape) == 1 else "an array (a list of equal rows)"
+        raise ConfigError(key, f"must be {what} of shape {names} = {want}, got {show(v)}")
+    bad = any(g < 1 or (s is not None and g != s) for g, s in zip(got, shape, strict=True))
+    if bad:
+        raise ConfigError(key, f"must have shape {names} = {want}, got {_shape_text(got)}")
+    a = (
+        tuple(float(x) for x in v)
+        if len(shape) == 1
+        else tuple(tuple(float(x) for x in r) for r in v)
+    )
+    flat = a if len(shape) == 1 else tuple(x for r in a for x in r)
+    if not all(math.isfinite(x) for x in flat):
+        raise ConfigError(key, "must have finite entries")
+    return a
 
 
 class Table:
