@@ -57,7 +57,10 @@ def hardmax_layer(
     z: np.ndarray, alpha: float, A: np.ndarray | None = None, tie_rtol: float = TIE_RTOL
 ) -> np.ndarray:
     """One hardmax layer: (N, d) tokens -> (N, d) tokens (module docstring)."""
-    A = _check_A(A, z.shape[1])
+    return _layer(z, alpha, _check_A(A, z.shape[1]), tie_rtol)
+
+
+def _layer(z: np.ndarray, alpha: float, A: np.ndarray, tie_rtol: float) -> np.ndarray:
     s = kernel_sums(z @ A, z, z, np.ones(z.shape[0]), hardmax=True, tie_rtol=tie_rtol)
     return (z + alpha * s.num / s.den[:, None]) / (1.0 + alpha)
 
@@ -66,7 +69,10 @@ def argmax_sets(
     z: np.ndarray, A: np.ndarray | None = None, tie_rtol: float = TIE_RTOL
 ) -> np.ndarray:
     """(N, N) boolean: ``j in C_i`` (the same tie rule as the kernel engine)."""
-    A = _check_A(A, z.shape[1])
+    return _argmax_sets(z, _check_A(A, z.shape[1]), tie_rtol)
+
+
+def _argmax_sets(z: np.ndarray, A: np.ndarray, tie_rtol: float) -> np.ndarray:
     s = (z @ A) @ z.T
     best = s.max(axis=1, keepdims=True)
     return s >= best - tie_rtol * np.maximum(1.0, np.abs(best))
@@ -127,13 +133,13 @@ def hardmax_layers(
     keep = set(rec.tolist())
 
     def self_attending(p: np.ndarray) -> np.ndarray:
-        c = argmax_sets(p, A, tie_rtol)
+        c = _argmax_sets(p, A, tie_rtol)
         return np.flatnonzero(np.diag(c) & (c.sum(axis=1) == 1))
 
     leaders = self_attending(z)
     out, n_self = [z.copy()], [leaders.size]
     for layer in range(1, n_layers + 1):
-        z = hardmax_layer(z, alpha, A, tie_rtol)
+        z = _layer(z, alpha, A, tie_rtol)
         if layer in keep:
             out.append(z.copy())
             n_self.append(self_attending(z).size)

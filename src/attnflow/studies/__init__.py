@@ -17,6 +17,7 @@ from attnflow.studies.metastability import (
     cluster_count_sweep,
     energy_staircase,
 )
+from attnflow.studies.sentiment import SentimentStudy, sentiment_study
 
 __all__ = [
     "ClusterCountStudy",
@@ -25,6 +26,7 @@ __all__ = [
     "Control",
     "ConvergenceStudy",
     "FlowFit",
+    "SentimentStudy",
     "StaircaseStudy",
     "cluster_count_study",
     "cluster_count_sweep",
@@ -36,5 +38,6 @@ __all__ = [
     "pushforward_kl",
     "radial_mean_field",
     "relu_flow",
+    "sentiment_study",
     "w1_convergence",
 ]
