@@ -16,6 +16,7 @@ DEMO_DIR = Path(__file__).resolve().parent.parent / "demos"
 DEMOS = [
     "demo_circle_clustering.py",
     "demo_cluster_counts.py",
+    "demo_depth_models.py",
     "demo_convergence.py",
     "demo_gaussian_euclidean.py",
     "demo_low_temperature.py",
