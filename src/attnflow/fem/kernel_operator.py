@@ -130,22 +130,26 @@ class KernelOperator:
         n_q = cloud.n_q
         imap = W.dofmap.index_map
         self.n_dofs = imap.size_local
-        # Sources: one group per (cell, local dof): the quadrature points of the cell weighted
-        # by |J| w_q phi_l(y_q) (DG0: phi = 1). Gathered on every rank in rank order.
-        pts = cloud.points.reshape(n_cells, n_q, gdim)
-        w = cloud.weights.reshape(n_cells, n_q)
-        src_pts = np.repeat(pts[:, None, :, :], n_l, axis=1).reshape(-1, gdim)
-        src_w = (w[:, None, :] * cloud.tab.T[None, :, :]).reshape(-1)
-        gdofs = imap.local_to_global(cloud.cell_dofs.reshape(-1).astype(np.int32))
-        self.src_pts = allgather(self.comm, src_pts)
-        self.src_w = allgather(self.comm, src_w)
-        self.src_dofs = allgather(self.comm, gdofs.astype(np.int64))
         self.n_q = n_q
-        self.b, self.v = model.sources(self.src_pts)
-        #: All distinct quadrature points (every rank, rank order) and their sources, for the
-        #: engine.
-        self.pts = allgather(self.comm, np.ascontiguousarray(cloud.points))
-        self.b_pts, self.v_pts = model.sources(self.pts)
+        assembled = isinstance(kernel, (DenseKernel, SparseKernel))
+        if assembled:
+            # Sources: one group per (cell, local dof): the quadrature points of the cell
+            # weighted by |J| w_q phi_l(y_q) (DG0: phi = 1). Gathered on every rank in rank
+            # order.
+            pts = cloud.points.reshape(n_cells, n_q, gdim)
+            w = cloud.weights.reshape(n_cells, n_q)
+            src_pts = np.repeat(pts[:, None, :, :], n_l, axis=1).reshape(-1, gdim)
+            src_w = (w[:, None, :] * cloud.tab.T[None, :, :]).reshape(-1)
+            gdofs = imap.local_to_global(cloud.cell_dofs.reshape(-1).astype(np.int32))
+            self.src_pts = allgather(self.comm, src_pts)
+            self.src_w = allgather(self.comm, src_w)
+            self.src_dofs = allgather(self.comm, gdofs.astype(np.int64))
+            self.b, self.v = model.sources(self.src_pts)
+        if not isinstance(kernel, SpectralKernel):
+            #: All distinct quadrature points (every rank, rank order) and their sources, for
+            #: the engine (the recomputed kernel, and the rows an assembled one cannot trust).
+            self.pts = allgather(self.comm, np.ascontiguousarray(cloud.points))
+            self.b_pts, self.v_pts = model.sources(self.pts)
         #: Number of targets the spectral method could not trust (recomputed exactly).
         self.spectral_recomputed = 0
         #: Whether every row's largest kernel value sits at the node itself (sphere, Q and K

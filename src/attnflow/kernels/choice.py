@@ -51,9 +51,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Largest ``|beta q k|`` for which the spectral method is offered (its truncation grows like
-#: ``sqrt(kappa)``; beyond, the kernel is local and the sparse matrix wins).
-SPECTRAL_MAX_KAPPA = 1000.0
+#: Largest ``|beta q k|`` for which ``"auto"`` considers the spectral method (an explicit
+#: ``SpectralKernel`` runs up to ``attnflow.kernels.spectral.MAX_KAPPA``). Beyond, the kernel is
+#: local: the targets far from the mass fall below the expansion's trusted floor and are
+#: recomputed exactly (benchmarks/fem_scale.py: at beta = 1000 spectral was 11-28x slower than
+#: the sparse matrix), while the sparse matrix keeps few entries.
+SPECTRAL_MAX_KAPPA = 300.0
 
 # Throughputs and fixed costs per call of the reference machine (2 cores), used only to rank
 # the methods: the fused engine with the gathers (README fem_step: 0.27 s/step at 5120 cells),
@@ -67,6 +70,7 @@ _ENGINE_CALL_S = 1.0e-3
 _MATVEC_ENTRIES_PER_S = 1.5e9
 _MATVEC_CALL_S = 2.0e-4
 _ASSEMBLY_PAIRS_PER_S = 0.6e9
+_SPARSE_ASSEMBLY_S_PER_ENTRY = 2.0e-7  # README low-temperature table: 57-1375 ns per kept entry
 _SPECTRAL_POINT_S = 4.0e-8  # per point and scalar transform
 _SPECTRAL_MODE_S = 2.0e-8  # per (l, m) mode and scalar transform
 _SPECTRAL_CALL_S = 2.0e-3
@@ -101,9 +105,11 @@ class RecomputedKernel:
 
 @dataclass(frozen=True)
 class SpectralKernel:
-    """Spectral sums of a zonal kernel on S^1 or S^2, truncated from the relative ``tol``."""
+    """Spectral sums of a zonal kernel on S^1 or S^2 to the relative ``tol`` (of the velocity
+    against its bound; the default 1e-8 is far below any discretisation error, and a smaller
+    tolerance sends more targets to exact recomputation, see :mod:`attnflow.kernels.spectral`)."""
 
-    tol: float = 1e-10
+    tol: float = 1e-8
 
     def __post_init__(self) -> None:
         _check_tol(self.tol)
@@ -121,7 +127,7 @@ class AutoKernel:
     """
 
     memory_budget: int | None = None
-    tol: float = 1e-10
+    tol: float = 1e-8
     evaluations: int = 1000
 
     def __post_init__(self) -> None:
@@ -245,12 +251,16 @@ def kernel_estimates(
         out["sparse"] = KernelEstimate(
             "sparse",
             kernel_memory("sparse", kept_fraction=frac, **sizes),
-            assembly_cost * max(frac, 0.01),
+            assembly_cost * max(frac, 0.01)
+            + frac * float(n_targets) * cols * _SPARSE_ASSEMBLY_S_PER_ENTRY / ranks,
             _MATVEC_CALL_S + frac * entries / _MATVEC_ENTRIES_PER_S / ranks,
         )
     kappa = zonal_kappa(term)
-    if kappa is not None and abs(kappa) <= SPECTRAL_MAX_KAPPA and spectral_available(d):
-        from attnflow.kernels.spectral import spectral_plan
+    if kappa is not None and spectral_available(d):
+        from attnflow.kernels.spectral import MAX_KAPPA, spectral_plan
+
+        if abs(kappa) > MAX_KAPPA:
+            return out
 
         L = spectral_plan(kappa, d, tol).degree
         modes = (2 * L + 1) if d == 2 else (L + 1) ** 2
@@ -343,6 +353,9 @@ def plan_kernels(
             ranks=ranks,
         )
         if isinstance(choice, AutoKernel):
+            kappa = zonal_kappa(term)
+            if "spectral" in est and kappa is not None and abs(kappa) > SPECTRAL_MAX_KAPPA:
+                del est["spectral"]
             fits = {k: e for k, e in est.items() if e.memory <= budget}
             if not fits:
                 need = min(est.values(), key=lambda e: e.memory)
@@ -364,7 +377,7 @@ def plan_kernels(
                     "dense": "assembled matrices are for the finite element solver",
                     "sparse": "assembled matrices are for the finite element solver",
                     "spectral": "it needs a zonal kernel (Q = qI, K = kI) on S^1 or S^2 with "
-                    f"|beta q k| <= {SPECTRAL_MAX_KAPPA:g}",
+                    "|beta q k| <= 1e4",
                 }.get(name, "it does not apply to this term")
                 if getattr(term, "hardmax", False) and name != "recomputed":
                     why = "hardmax (beta = inf) needs the direct engine"
