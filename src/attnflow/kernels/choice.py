@@ -217,7 +217,9 @@ def kernel_estimates(
     n_dofs : finite elements: the global number of density dofs (matrix columns).
     n_assembly_sources : finite elements: the source points the assembly visits (one group
         of quadrature points per cell and local dof; default ``n_sources``).
-    ranks : MPI ranks sharing the work and the memory.
+    ranks : MPI ranks sharing the memory (the memory is per rank). The costs are those of
+        one rank doing all the work, so that the ranking, hence the method, is the same on any
+        number of ranks (serial == parallel) unless the memory budget decides.
     """
     from attnflow.resources import engine_memory, kernel_memory, sparse_kept_fraction
 
@@ -225,7 +227,7 @@ def kernel_estimates(
     pairs = float(n_targets) * float(n_sources)
     rate = _ENGINE_PAIRS_PER_S_WIDE if d >= 4 else _ENGINE_PAIRS_PER_S
     n_t_local = max(1, -(-int(n_targets) // max(1, ranks)))
-    engine_cost = _ENGINE_CALL_S + pairs / rate / ranks
+    engine_cost = _ENGINE_CALL_S + pairs / rate
     out: dict[str, KernelEstimate] = {
         "recomputed": KernelEstimate(
             "recomputed", engine_memory(n_t_local, int(n_sources), d), 0.0, engine_cost
@@ -240,20 +242,20 @@ def kernel_estimates(
             "recomputed", kernel_memory("recomputed", **sizes), 0.0, engine_cost
         )
         entries = float(n_targets) * (d + 1) * cols
-        assembly_cost = float(n_targets) * assembly / _ASSEMBLY_PAIRS_PER_S / ranks
+        assembly_cost = float(n_targets) * assembly / _ASSEMBLY_PAIRS_PER_S
         out["dense"] = KernelEstimate(
             "dense",
             kernel_memory("dense", **sizes),
             assembly_cost,
-            _MATVEC_CALL_S + entries / _MATVEC_ENTRIES_PER_S / ranks,
+            _MATVEC_CALL_S + entries / _MATVEC_ENTRIES_PER_S,
         )
         frac = sparse_kept_fraction(term, tol)
         out["sparse"] = KernelEstimate(
             "sparse",
             kernel_memory("sparse", kept_fraction=frac, **sizes),
             assembly_cost * max(frac, 0.01)
-            + frac * float(n_targets) * cols * _SPARSE_ASSEMBLY_S_PER_ENTRY / ranks,
-            _MATVEC_CALL_S + frac * entries / _MATVEC_ENTRIES_PER_S / ranks,
+            + frac * float(n_targets) * cols * _SPARSE_ASSEMBLY_S_PER_ENTRY,
+            _MATVEC_CALL_S + frac * entries / _MATVEC_ENTRIES_PER_S,
         )
     kappa = zonal_kappa(term)
     if kappa is not None and spectral_available(d):
@@ -265,11 +267,11 @@ def kernel_estimates(
         L = spectral_plan(kappa, d, tol).degree
         modes = (2 * L + 1) if d == 2 else (L + 1) ** 2
         transforms = d + 1  # the denominator and d numerator components
-        points = n_t_local + int(n_sources) / max(1, ranks)
+        points = int(n_targets) + int(n_sources)
         per = _SPECTRAL_CALL_S + transforms * (
             points * _SPECTRAL_POINT_S + modes * math.log2(modes + 2) * _SPECTRAL_MODE_S
         )
-        mem = int(8 * transforms * (points + 4 * modes))
+        mem = int(8 * transforms * (n_t_local + int(n_sources) / max(1, ranks) + 4 * modes))
         out["spectral"] = KernelEstimate("spectral", mem, 0.0, per)
     return out
 
