@@ -132,7 +132,7 @@ def test_band_perturbation_is_the_projected_empirical_measure():
         band_perturbation(tokens, (3, 7), pts), np.maximum(direct, 0), atol=1e-6
     )
     # S^2: the band excludes degree 0, so the mean over the sphere is 1
-    x = af.UniformSphere(3).sample(20000, rng=1)
+    x = af.UniformSphere(3).sample(4000, rng=1)
     tok = af.UniformSphere(3).sample(300, rng=2)
     vals = band_perturbation(tok, (2, 6), x)
     assert abs(vals.mean() - 1) < 4 * vals.std() / np.sqrt(x.shape[0])
