@@ -48,3 +48,13 @@ def one_numba_thread():
     ``pytestmark = pytest.mark.usefixtures("one_numba_thread")`` in a module."""
     with numba_threads(1):
         yield
+
+
+def serial_env() -> dict[str, str]:
+    """The environment of a serial child process: the MPI launcher's variables removed, so that
+    a child that loads mpi4py.MPI under ``mpiexec`` starts as a singleton instead of joining (and
+    failing or hanging in) the parent's job."""
+    import os
+
+    prefixes = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "MPI_LOCALRANKID")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import pkgutil
 import re
 import shutil
@@ -29,15 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import serial_env
 
-#: The environment of a serial child process: without the MPI launcher's variables, so that a
-#: child that loads mpi4py.MPI under ``mpiexec`` starts as a singleton instead of joining (and
-#: hanging on) the parent's job.
-SERIAL_ENV = {
-    k: v
-    for k, v in os.environ.items()
-    if not k.startswith(("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "MPI_LOCALRANKID"))
-}
+SERIAL_ENV = serial_env()
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"

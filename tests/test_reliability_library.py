@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import serial_env
 
 import attnflow as af
 from attnflow.meshdata import MeshError, check_mesh, circle_arrays, icosphere, read_mesh
@@ -317,7 +318,12 @@ def test_fem_dense_memory_estimate_against_the_measured_peak(tmp_path):
         "print(peak - base, est)\n"
     )
     out = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=True
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env=serial_env(),
     )
     grown, est = (int(v) for v in out.stdout.split()[-2:])
     assert 0.9 * grown <= est <= 1.5 * grown, (grown, est)

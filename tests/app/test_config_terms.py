@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mpi4py import MPI
 
 import attnflow
 from attnflow.app import build
@@ -132,6 +133,10 @@ def test_overflowing_usa_head_in_terms_names_its_beta():
     parse_config(raw)  # rescaled: accepted
 
 
+SERIAL = pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="serial (per-rank tmp_path)")
+
+
+@SERIAL
 def test_cli_refuses_a_bad_term_with_status_2_and_writes_nothing(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     text = (ROOT / "examples" / "normalizing_flow.toml").read_text()
@@ -254,6 +259,7 @@ def test_switching_times_reach_the_particle_solver():
 
 
 # -- a run directory from the example ----------------------------------------------------------
+@SERIAL
 def test_normalizing_flow_example_runs_end_to_end(tmp_path):
     run = tmp_path / "nf"
     small = [
