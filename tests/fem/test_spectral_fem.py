@@ -35,6 +35,7 @@ def test_circle_growth_rates_with_the_spectral_kernel():
             rate = np.log(a[1] / a[0]) / T
             assert abs(rate / lam - 1) < 0.01, (beta, n, rate, lam)
         assert sols[0].stats["kernel"] == "spectral"
+        assert sols[0].stats["spectral_recomputed"] == 0  # a smooth density: nothing untrusted
         # The spectral kernel sees the quadrature points mapped onto the circle, the assembled
         # one the chords: the densities differ by the O(h^2) geometric error, not more.
         assert np.abs(sols[0].dofs - sols[1].dofs).max() < 1e-3 * np.abs(sols[1].dofs).max()

@@ -337,7 +337,8 @@ class MeanFieldSolver:
 
         Returns a :class:`~attnflow.solutions.FieldSolution`; its ``stats`` hold ``steps``,
         ``rhs_evaluations``, ``wall_time``, ``dt``, ``degree``, ``kernel``,
-        ``matrix_entries``, ``rows_recomputed`` and ``ranks``.
+        ``matrix_entries``, ``rows_recomputed``, ``spectral_recomputed`` (targets the spectral
+        kernel recomputed exactly) and ``ranks``.
         """
         grid = time_grid(t_final, save_times, breakpoints=self.model.breakpoints)
         every = check_every(checkpoint_every, on_checkpoint)
@@ -364,6 +365,7 @@ class MeanFieldSolver:
         self.rho.x.array[:] = self._rho0
         self._rhs_count = 0
         rows0 = self.velocity.rows_recomputed
+        spec0 = self.velocity.spectral_recomputed
         with contextlib.ExitStack() as stack:
             writers = self._open_output(output_dir, stack)
             run.start = time.perf_counter()
@@ -447,6 +449,7 @@ class MeanFieldSolver:
             "kernel_plan": self.kernel_plan.describe(),
             "matrix_entries": self.velocity.matrix_entries,
             "rows_recomputed": self.velocity.rows_recomputed - rows0,
+            "spectral_recomputed": self.velocity.spectral_recomputed - spec0,
             "ranks": int(self.comm.size),
         }
         return FieldSolution(

@@ -79,6 +79,11 @@ class NodalVelocity:
         return int(sum(op.rows_recomputed for op in self.operators.values()))
 
     @property
+    def spectral_recomputed(self) -> int:
+        """Targets the spectral method could not trust and recomputed exactly, so far."""
+        return int(sum(op.spectral_recomputed for op in self.operators.values()))
+
+    @property
     def matrix_entries(self) -> int:
         """Global number of stored kernel-matrix entries over all operators; collective."""
         return int(sum(op.matrix_entries for op in self.operators.values()))
