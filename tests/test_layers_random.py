@@ -1,5 +1,6 @@
-"""Random multi-head layers and their homogenized SDE (attnflow.layers): the layer map, seeds
-independent of the ranks, and the eta -> 0 limit against closed forms (3 standard errors)."""
+"""Random multi-head layers and their homogenized SDE (attnflow.layers.random_heads,
+attnflow.layers.homogenized): the layer map, seeds independent of the ranks, and the eta -> 0
+limit against closed forms (3 standard errors)."""
 
 import math
 

@@ -151,9 +151,7 @@ def test_ensemble_estimate_bounds_the_measured_peak():
     model = af.SelfAttention(3, beta=2.0, Q=rng.standard_normal((3, 3)))
     tracemalloc.start()
     try:
-        af.ensemble(
-            model, SPHERE3, 800, 6, 0.2, dt=0.1, seed=0, save_times=np.linspace(0, 0.2, 11)
-        )
+        af.ensemble(model, SPHERE3, 800, 6, 0.2, dt=0.1, seed=0, save_times=np.linspace(0, 0.2, 11))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -306,8 +306,10 @@ def load_solution(path: str | Path) -> Solution | EnsembleSolution | FieldSoluti
     except (KeyError, ValueError, TypeError):
         raise ValueError(f"{path}: not an attnflow solution file") from None
     if fmt != SOLUTION_FORMAT or kind not in _KINDS:
-        raise ValueError(f"{path}: solution format {fmt}/{kind!r}, this attnflow reads "
-                         f"{SOLUTION_FORMAT}/{sorted(_KINDS)}")
+        raise ValueError(
+            f"{path}: solution format {fmt}/{kind!r}, this attnflow reads "
+            f"{SOLUTION_FORMAT}/{sorted(_KINDS)}"
+        )
     cls = _KINDS[kind]
     try:
         args = {name: data[name] for name in cls._arrays}

@@ -95,11 +95,7 @@ def time_grid(
             raise ValueError(msg) from None
         if ts.size == 0 or not np.all(np.isfinite(ts)):
             raise ValueError("save_times must be a non-empty sequence of finite times")
-        if (
-            np.any(np.diff(ts) <= 0)
-            or ts[0] < 0
-            or ts[-1] > t + SAVE_TIME_RTOL * max(1.0, t)
-        ):
+        if np.any(np.diff(ts) <= 0) or ts[0] < 0 or ts[-1] > t + SAVE_TIME_RTOL * max(1.0, t):
             raise ValueError(f"save_times must be increasing and lie in [0, t_final={t:g}]")
     bp = np.asarray(sorted({float(b) for b in breakpoints if 0.0 < float(b) < t}), dtype=float)
     bp = bp[~np.isin(bp, ts)]

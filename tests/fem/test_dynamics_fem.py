@@ -55,9 +55,7 @@ def test_piecewise_fem_equals_two_consecutive_solves():
     a, b = af.SelfAttention(2, beta=9.0), af.SelfAttention(2, beta=2.0, V=-np.eye(2))
     mesh = circle_mesh(128, MPI.COMM_SELF)
     law = af.PerturbedCircle(0.2, 3)
-    whole = MeanFieldSolver(af.Piecewise([1.0], [a, b]), mesh, law, degree=1).solve(
-        2.0, [0.0, 2.0]
-    )
+    whole = MeanFieldSolver(af.Piecewise([1.0], [a, b]), mesh, law, degree=1).solve(2.0, [0.0, 2.0])
     first = MeanFieldSolver(a, mesh, law, degree=1).solve(1.0)
     second_solver = MeanFieldSolver(b, mesh, law, degree=1)
     second_solver.set_initial_dofs(first.dofs)

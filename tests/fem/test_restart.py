@@ -8,8 +8,8 @@ from mpi4py import MPI
 
 import attnflow as af
 from attnflow.app.checkpoint import read_checkpoint, write_checkpoint
-from attnflow.states import CheckpointError
 from attnflow.fem import MeanFieldSolver, circle_mesh
+from attnflow.states import CheckpointError
 
 TIMES = [0.0, 0.4, 1.0]
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnflow.kernels import _numba, tiled
+from attnflow.kernels import _numba
 from attnflow.kernels.choice import (
     AutoKernel,
     DenseKernel,
@@ -34,6 +34,8 @@ from attnflow.kernels.choice import (
     SpectralKernel,
 )
 from attnflow.kernels.spectral import zonal_sums
+from attnflow.kernels.tiled import MIN_DIM as TILED_MIN_DIM
+from attnflow.kernels.tiled import tiled_softmax_sums
 
 __all__ = [
     "AutoKernel",
@@ -109,8 +111,8 @@ def kernel_sums(
     else:
         with np.errstate(divide="ignore"):
             logw = np.log(w)
-        if a.shape[1] >= tiled.MIN_DIM:  # BLAS tiles (scores and values by dgemm)
-            shift, den, num = tiled.tiled_softmax_sums(a, b, values, logw)
+        if a.shape[1] >= TILED_MIN_DIM:  # BLAS tiles (scores and values by dgemm)
+            shift, den, num = tiled_softmax_sums(a, b, values, logw)
         else:
             shift, den, num = _numba.softmax_sums(a, bT, vT, logw)
     return KernelSums(shift=shift, den=den, num=num)

@@ -2,8 +2,8 @@
 
 A configuration describes one run of ``attnflow run``: the model (with further terms and
 controls), the mesh and the initial density, the times, which solvers to run (finite elements,
-particles or both, then compared), the output, checkpoints (and, for ``attnflow sweep``, the parameter to vary). The schema is
-documented in ``docs/config.md``. The modules, by idea:
+particles or both, then compared), the output, checkpoints (and, for ``attnflow sweep``, the
+parameter to vary). The schema is documented in ``docs/config.md``. The modules, by idea:
 
 * :mod:`~attnflow.app.config.schema`: the sections and :class:`Config` (plain data);
 * :mod:`~attnflow.app.config.parse`: :func:`load_config`, :func:`parse_config`, overrides;
