@@ -189,6 +189,17 @@ class MeanFieldSolver:
             n_dofs=self.W.dofmap.index_map.size_global,
             ranks=self.comm.size,
         )
+        if self.comm.rank == 0:
+            for r in self.kernel_plan.describe():
+                logger.info(
+                    "kernel: %s (requested %s; estimated %.3g MB per rank, %.3g s set-up, "
+                    "%.3g s per evaluation)",
+                    r["method"],
+                    r["requested"],
+                    r["memory"] / 1e6,
+                    r["setup_estimate"],
+                    r["evaluation_estimate"],
+                )
         self.velocity = NodalVelocity(model, self.W, self.U, self.cloud, self.kernel_plan)
         phi = ufl.TestFunction(self.W)
         self._form = dolfinx.fem.form(

@@ -402,7 +402,7 @@ def plan_kernels(
             "budget": int(budget),
         }
         records.append(record)
-        logger.info(
+        logger.debug(
             "kernel for %s: %s (estimated %s, %.3g s set-up, %.3g s per evaluation; budget %s)",
             type(term).__name__,
             record["method"],
