@@ -10,6 +10,7 @@ application layer (``attnflow.app``), which the library never imports.
 
 from attnflow import compare, geometry, io, kernels, laws, layers, metrics
 from attnflow.cloud import Cloud
+from attnflow.diffusion import Diffusion
 from attnflow.dynamics import Dynamics, KernelTerm, Piecewise, Sum
 from attnflow.kernels import kernel_sums
 from attnflow.laws import (
@@ -34,6 +35,7 @@ __all__ = [
     "Box",
     "Cloud",
     "DensityLaw",
+    "Diffusion",
     "Dynamics",
     "EnsembleSolution",
     "Euler",

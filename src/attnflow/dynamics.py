@@ -57,6 +57,12 @@ class Dynamics(ABC):
     sphere: bool
     #: Whether the field depends on the measure (``False``: evaluated without one).
     needs_measure: bool = True
+    #: The diffusion coefficient ``sigma`` of an atomic term (``sigma Delta rho``; particles
+    #: ``sqrt(2 sigma) dB``): nonzero for :class:`~attnflow.diffusion.Diffusion` only.
+    diffusion: float = 0.0
+    #: Whether the term has its space ``(d, sphere)``; a term without one (an unbound
+    #: :class:`~attnflow.diffusion.Diffusion`) takes the space of the sum it joins.
+    has_space: bool = True
 
     # -- structure ---------------------------------------------------------------------------
     @property
@@ -72,6 +78,24 @@ class Dynamics(ABC):
     def breakpoints(self) -> tuple[float, ...]:
         """Times at which the dynamics switches (sorted; empty when it is autonomous)."""
         return ()
+
+    def in_space(self, d: int, sphere: bool) -> Dynamics:
+        """This dynamics in the space ``(d, sphere)`` (raises if it lives elsewhere)."""
+        if self.d != d or self.sphere != sphere:
+            raise ValueError(
+                f"terms must live in the same space: got d={d}/{self.d} and "
+                f"sphere={sphere}/{self.sphere}"
+            )
+        return self
+
+    def diffusivity(self, t: float) -> float:
+        """The diffusion coefficient ``sigma`` of the terms active at time ``t`` (their sum)."""
+        return float(sum(term.diffusion for term in self.terms(float(t))))
+
+    @property
+    def noisy(self) -> bool:
+        """Whether any term, at any time, has a diffusion coefficient ``> 0``."""
+        return any(term.diffusion > 0 for term in self.terms(None))
 
     def on_interval(self, a: float, b: float) -> Dynamics:
         """The dynamics on the open interval ``(a, b)``, which holds no switching time."""
@@ -249,19 +273,22 @@ class KernelTerm(Dynamics):
         return self.field(x, s.shift, s.den, s.num)
 
 
-def _space(parts: Sequence[Dynamics]) -> tuple[int, bool]:
+def _space(parts: Sequence[Dynamics]) -> tuple[int, bool, tuple[Dynamics, ...]]:
+    """The common space of ``parts`` and the parts placed in it (terms without a space, such
+    as ``Diffusion(sigma)``, take it)."""
     if not parts:
         raise ValueError("terms must hold at least one dynamics")
     for p in parts:
         if not isinstance(p, Dynamics):
             raise TypeError(f"terms must be Dynamics, got {type(p).__name__}")
-    d, sph = parts[0].d, parts[0].sphere
-    for p in parts[1:]:
-        if p.d != d or p.sphere != sph:
-            raise ValueError(
-                f"terms must live in the same space: got d={d}/{p.d} and sphere={sph}/{p.sphere}"
-            )
-    return d, sph
+    placed = [p for p in parts if p.has_space]
+    if not placed:
+        raise ValueError(
+            "terms must include a dynamics with a space (d, sphere): Diffusion(sigma) alone "
+            "needs d= and sphere="
+        )
+    d, sph = placed[0].d, placed[0].sphere
+    return d, sph, tuple(p.in_space(d, sph) for p in parts)
 
 
 class Sum(Dynamics):
@@ -275,8 +302,7 @@ class Sum(Dynamics):
         flat: list[Dynamics] = []
         for p in parts:
             flat.extend(p.parts if type(p) is Sum else (p,))
-        self.d, self.sphere = _space(flat)
-        self._parts = tuple(flat)
+        self.d, self.sphere, self._parts = _space(flat)
 
     @property
     def parts(self) -> tuple[Dynamics, ...]:
@@ -329,8 +355,7 @@ class Piecewise(Dynamics):
     """
 
     def __init__(self, times: Iterable[float], pieces: Sequence[Dynamics]) -> None:
-        pieces = tuple(pieces)
-        self.d, self.sphere = _space(pieces)
+        self.d, self.sphere, pieces = _space(tuple(pieces))
         try:
             tt = np.asarray(list(times), dtype=float).ravel()
         except (TypeError, ValueError):
