@@ -15,6 +15,14 @@ measure; on the sphere with ``V = I`` both forms coincide, since ``P_x x = 0``).
 ``P_x = I - x x^T`` on the sphere (``sphere=True``), ``P_x = I`` in R^d. ``beta = math.inf`` is
 hardmax (SA only): the weight sits on the argmax of ``<Q x, K y>``, ties split in proportion to
 their weights (evenly for equal weights).
+
+``causal=True`` (with an ALiBi slope ``alibi = lambda >= 0``) is the decoder form: token ``j``
+of a prompt ``x_1..x_N`` attends to the tokens ``k <= j`` only, with the scores
+``beta <Q x_j, K x_k> - (lambda/N)(j - k)``, softmax over ``k <= j``. Its velocity depends on the
+token order, not on the token measure, so it is not a field ``X[mu](x)``: it runs in
+:mod:`attnflow.causal` (``attnflow.causal.simulate_prompts``), and every measure-field path
+(:meth:`SelfAttention.field`, the energy, the finite element solver) refuses it
+(:func:`check_causal`).
 """
 
 from __future__ import annotations
@@ -26,11 +34,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from attnflow.cloud import Cloud
-from attnflow.dynamics import KernelTerm, Sum
+from attnflow.dynamics import Dynamics, KernelTerm, Sum
 from attnflow.kernels import kernel_sums
-from attnflow.validation import check_matrix, check_positive
+from attnflow.validation import check_matrix, check_positive, check_real
 
-__all__ = ["MultiHead", "SelfAttention"]
+__all__ = ["MultiHead", "SelfAttention", "check_causal"]
 
 # exp(709.78) is the largest finite float64.
 _LOG_MAX = 709.0
@@ -51,6 +59,10 @@ class SelfAttention(KernelTerm):
         ``e^{beta} t``. For ``Q = K = I`` on the sphere the kernel is then at most 1, so the
         field stays O(1) at any ``beta`` (without it, it grows like ``e^{beta}``).
     centered : use ``V (y - x)`` instead of ``V y`` in the attention average (see above).
+    causal : decoder (causal) attention: token ``j`` attends to ``k <= j`` (SA, finite
+        ``beta``); run it with :func:`attnflow.causal.simulate_prompts` (see above).
+    alibi : the ALiBi slope ``lambda >= 0`` of a causal model: the scores get the bias
+        ``-(lambda/N)(j - k)`` (0 without ``causal``).
 
     The instance is immutable; matrices are stored as read-only float64 arrays. It is one term
     of a :class:`~attnflow.dynamics.Dynamics` (``SelfAttention(...) + other`` is a sum).
@@ -65,6 +77,8 @@ class SelfAttention(KernelTerm):
     sphere: bool = True
     rescale_usa: bool = False
     centered: bool = False
+    causal: bool = False
+    alibi: float = 0.0
 
     def __post_init__(self) -> None:
         d = self.d
@@ -89,6 +103,15 @@ class SelfAttention(KernelTerm):
         set_(self, "normalized", bool(self.normalized))
         set_(self, "sphere", bool(self.sphere))
         set_(self, "centered", bool(self.centered))
+        alibi = check_real("alibi", self.alibi)
+        if alibi.ndim != 0 or not (math.isfinite(float(alibi)) and float(alibi) >= 0):
+            raise ValueError(f"alibi must be a finite number >= 0, got {self.alibi!r}")
+        set_(self, "alibi", float(alibi))
+        set_(self, "causal", bool(self.causal))
+        if self.alibi and not self.causal:
+            raise ValueError("alibi (the ALiBi slope) needs causal=True")
+        if self.causal and not (self.normalized and math.isfinite(beta)):
+            raise ValueError("causal=True needs softmax attention: normalized=True, finite beta")
 
     # -- helpers -------------------------------------------------------------------------------
     @property
@@ -143,8 +166,11 @@ class SelfAttention(KernelTerm):
         den (n,), num (n, d)); the one place the sums become a field, for particles and finite
         elements. The tangent projection is the geometry's (:meth:`evaluate`).
 
-        SA targets with ``den <= tiny`` (an underflowed kernel) get the velocity 0.
+        SA targets with ``den <= tiny`` (an underflowed kernel) get the velocity 0. A causal
+        model has no such field: it raises ``ValueError`` (see :func:`check_causal`).
         """
+        if self.causal:
+            raise ValueError(_CAUSAL_FIELD)
         if self.normalized:
             ok = den > tiny
             f = np.zeros_like(num)
@@ -240,7 +266,7 @@ class SelfAttention(KernelTerm):
     # -- the interaction energy ----------------------------------------------------------------
     @property
     def has_energy(self) -> bool:
-        return not self.hardmax
+        return not (self.hardmax or self.causal)
 
     def log_energy(self, points: np.ndarray | Cloud, weights: np.ndarray | None = None) -> float:
         """``log E`` with ``E = (1/2 beta) sum_ij w_i w_j e^{beta <Q x_i, K x_j>}``.
@@ -253,6 +279,8 @@ class SelfAttention(KernelTerm):
         """
         if self.hardmax:
             raise ValueError("beta must be finite for the energy (it is 1/(2 beta) sum e^...)")
+        if self.causal:
+            raise ValueError("causal attention has no interaction energy (causal=True)")
         cloud = self.as_cloud(points, weights)
         x, w = cloud.points, cloud.weights
         if not np.any(w > 0):
@@ -276,6 +304,32 @@ class SelfAttention(KernelTerm):
         """
         le = self.log_energy(points, weights)
         return math.inf if le > _LOG_MAX else math.exp(le)
+
+
+_CAUSAL_FIELD = (
+    "causal attention (causal=True) is not a field of the token measure: token j sees the "
+    "tokens k <= j of its prompt; use attnflow.causal.simulate_prompts / prompt_ensemble"
+)
+
+
+def check_causal(model: object) -> bool:
+    """Whether ``model`` is a causal token model: an object with ``causal = True`` (a
+    ``SelfAttention(causal=True)`` or an :class:`attnflow.causal.CausalInteraction`).
+
+    Raises ``ValueError`` for a composite dynamics (:class:`~attnflow.dynamics.Sum`,
+    :class:`MultiHead`, :class:`~attnflow.dynamics.Piecewise`) that holds a causal term: the
+    causal particle solver runs one causal model, and the measure-field solvers cannot run it.
+    The solvers call this first, so a causal model is never run as a non-causal one.
+    """
+    if getattr(model, "causal", False) is True:
+        return True
+    terms = model.terms(None) if isinstance(model, Dynamics) else ()
+    if any(getattr(term, "causal", False) is True for term in terms):
+        raise ValueError(
+            "model: a causal attention term (causal=True) cannot be part of a sum, multi-head "
+            "or piecewise dynamics; run one causal model with attnflow.causal.simulate_prompts"
+        )
+    return False
 
 
 class MultiHead(Sum):
