@@ -2,6 +2,7 @@
 
 from mpi4py import MPI  # noqa: F401  (before dolfinx: libmpi must be loaded first)
 
+from attnflow.fem.causal import CausalSolver
 from attnflow.fem.deposit import deposit
 from attnflow.fem.kernel_operator import (
     DenseKernel,
@@ -15,6 +16,7 @@ from attnflow.fem.velocity import NodalVelocity
 from attnflow.solutions import FieldSolution
 
 __all__ = [
+    "CausalSolver",
     "DenseKernel",
     "FieldSolution",
     "KernelOperator",
