@@ -61,6 +61,7 @@ from attnflow.fem.transport import (
 from attnflow.fem.velocity import NodalVelocity
 from attnflow.kernels.choice import KernelChoice, as_kernel_choice, plan_kernels
 from attnflow.laws import Law
+from attnflow.model import check_causal
 from attnflow.resources import check_field_overflow, check_memory, check_steps, memory_budget
 from attnflow.solutions import FieldSolution, Status
 from attnflow.states import CheckpointError, FieldState
@@ -119,6 +120,11 @@ class MeanFieldSolver:
         petsc_options_prefix: str = "attnflow_",
         normalize: bool = False,
     ) -> None:
+        if check_causal(model):
+            raise ValueError(
+                "model is causal (token j sees earlier tokens only): its density lives on "
+                "[0, 1] x S^{d-1}; use attnflow.fem.CausalSolver"
+            )
         if not isinstance(model, Dynamics):
             raise TypeError(f"model must be a Dynamics, got {type(model).__name__}")
         kernel = as_kernel_choice(kernel)

@@ -20,6 +20,7 @@ from attnflow.cloud import Cloud
 from attnflow.dynamics import Dynamics
 from attnflow.kernels.choice import plan_kernels
 from attnflow.laws import Law
+from attnflow.model import check_causal
 from attnflow.particles.integrate import RK4, Euler
 from attnflow.particles.stepping import check_restart, march
 from attnflow.resources import check_field_overflow, check_particle_run, memory_budget
@@ -76,11 +77,33 @@ def ensemble(
         cheaper; see :mod:`attnflow.kernels.choice`), ``"recomputed"`` (always the engine),
         ``"spectral"`` / ``SpectralKernel(tol)``. Recorded in ``stats["kernel"]``.
 
+    A causal model runs through :func:`attnflow.causal.prompt_ensemble` (the same seeds; no
+    checkpoints, restarts, progress or kernel choices); a sum holding a causal term is refused.
+
     Returns an :class:`~attnflow.solutions.EnsembleSolution` (identical on every rank and for
     any rank count); ``stats`` holds ``steps``, ``rhs_evaluations`` (per run: steps × stages),
     ``wall_time``,
     ``dt``, ``method``, ``ranks`` and ``seed``.
     """
+    if check_causal(model):  # token order matters: the causal particle solver
+        from attnflow.causal.particles import ensemble_causal
+
+        return ensemble_causal(
+            model,
+            law,
+            n_particles,
+            n_runs,
+            t_final,
+            dt=dt,
+            seed=seed,
+            save_times=save_times,
+            method=method,
+            comm=comm,
+            checkpoint_every=checkpoint_every,
+            restart=restart,
+            progress=progress,
+            kernel=kernel,
+        )
     if not isinstance(model, Dynamics):
         raise TypeError(f"model must be a Dynamics, got {type(model).__name__}")
     if not isinstance(law, Law):

@@ -33,6 +33,7 @@ import numpy as np
 from attnflow.cloud import Cloud
 from attnflow.dynamics import Dynamics
 from attnflow.kernels.choice import plan_kernels
+from attnflow.model import check_causal
 from attnflow.particles.stepping import blocks, check_restart, march
 from attnflow.resources import check_particle_run, memory_budget
 from attnflow.solutions import Solution, Status
@@ -119,12 +120,34 @@ def simulate(
         cheaper; see :mod:`attnflow.kernels.choice`), ``"recomputed"`` (always the engine),
         ``"spectral"`` / ``SpectralKernel(tol)``. Recorded in ``stats["kernel"]``.
 
+    A causal model (``SelfAttention(..., causal=True)``, ``attnflow.causal.CausalInteraction``)
+    runs as one prompt, tokens in the given order, through
+    :func:`attnflow.causal.simulate_causal` (weights, checkpoints, restarts, progress and kernel
+    choices are then refused); a sum holding a causal term is refused.
+
     Returns
     -------
     :class:`~attnflow.solutions.Solution` with ``x`` of shape ``(n_saved, N, d)``, identical on
     every rank; ``stats`` holds ``steps``, ``rhs_evaluations``, ``wall_time``, ``dt``,
     ``method`` and ``ranks``.
     """
+    if check_causal(model):  # token order matters: one prompt of the causal particle solver
+        from attnflow.causal.particles import simulate_causal
+
+        return simulate_causal(
+            model,
+            x0,
+            t_final,
+            dt=dt,
+            save_times=save_times,
+            method=method,
+            comm=comm,
+            weights=weights,
+            checkpoint_every=checkpoint_every,
+            restart=restart,
+            progress=progress,
+            kernel=kernel,
+        )
     if not isinstance(model, Dynamics):
         raise TypeError(f"model must be a Dynamics, got {type(model).__name__}")
     x = as_points("x0", x0, model.d, on_sphere=model.sphere).copy()
