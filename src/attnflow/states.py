@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CheckpointError", "FieldState", "ParticleState", "rng_states_json"]
+__all__ = ["CheckpointError", "FieldState", "ParticleState", "rng_from_json", "rng_states_json"]
 
 
 class CheckpointError(RuntimeError):
@@ -78,8 +78,13 @@ class ParticleState:
     saved : R arrays (n_recorded_r, N, d): the tokens at the save times recorded so far.
     status : R status values (``Status.value``); a run that became non-finite has stopped.
     seed : the ensemble's seed (``None`` for :func:`simulate`).
-    rng_states : R JSON strings: the state of each run's generator after it drew its initial
-        tokens (the runs draw nothing afterwards; kept to document and check the stream).
+    rng_states : R JSON strings: the state of each run's generator at the checkpoint
+        (:func:`rng_states_json`; read back with :func:`rng_from_json`). A deterministic run
+        draws nothing after its initial tokens (the state then documents the stream); a noisy
+        run (a :class:`~attnflow.Diffusion` term) draws the normals of every step from it and
+        resumes its stream from this state, so a restarted noisy run ends bitwise as an
+        uninterrupted one. :func:`attnflow.simulate` stores its noise generator (the same on
+        every rank), ``""`` for a deterministic run.
     wall_time : seconds spent so far.
     """
 
@@ -101,5 +106,41 @@ class ParticleState:
 
 
 def rng_states_json(states: list[dict]) -> tuple[str, ...]:
-    """Bit generator states as JSON strings (ints kept exact)."""
-    return tuple(json.dumps(s, sort_keys=True) for s in states)
+    """Bit generator states as JSON strings (ints kept exact; the arrays of the MT19937 and
+    Philox states as ``{"__ndarray__": [...], "dtype": ...}``)."""
+    return tuple(json.dumps(s, sort_keys=True, default=_array_json) for s in states)
+
+
+def _array_json(a: object) -> dict:
+    if isinstance(a, np.ndarray):
+        return {"__ndarray__": a.tolist(), "dtype": str(a.dtype)}
+    if isinstance(a, np.integer):
+        return int(a)  # type: ignore[return-value]
+    raise TypeError(f"cannot write {type(a).__name__} in a generator state")
+
+
+def _json_array(obj: dict) -> object:
+    if "__ndarray__" in obj:
+        return np.array(obj["__ndarray__"], dtype=obj["dtype"])
+    return obj
+
+
+def rng_from_json(text: str) -> np.random.Generator:
+    """The generator whose bit generator state is the JSON ``text`` of :func:`rng_states_json`.
+
+    Raises :class:`CheckpointError` when ``text`` is not such a state (of a numpy bit
+    generator: PCG64, PCG64DXSM, MT19937, Philox or SFC64).
+    """
+    kinds = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+    try:
+        state = json.loads(text, object_hook=_json_array)
+        kind = state["bit_generator"]
+        if kind not in kinds:
+            raise ValueError(f"unknown bit generator {kind!r}")
+        bits = getattr(np.random, kind)()
+        bits.state = state
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(
+            f"rng_states: not a numpy bit generator state ({type(e).__name__}: {e})".splitlines()[0]
+        ) from None
+    return np.random.Generator(bits)

@@ -80,6 +80,11 @@ def residual_layers(
     """
     if normalisation not in NORMALISATIONS:
         raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+    if isinstance(dyn, Dynamics) and dyn.noisy:
+        raise ValueError(
+            "dyn: residual layers have no noise; a Diffusion term would be dropped (use "
+            "attnflow.simulate for the noisy flow)"
+        )
     if not eta > 0:
         raise ValueError(f"eta must be > 0, got {eta}")
     x = np.array(x0, dtype=float)

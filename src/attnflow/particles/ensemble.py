@@ -5,6 +5,12 @@ each run is the same whatever the number of MPI ranks; with ``comm`` the runs ar
 round-robin to the ranks and gathered on every rank. The runs of a rank advance in lockstep
 (one step of every run, then the next), which changes nothing in any run but lets a checkpoint
 hold all runs at the same step.
+
+Noise (a :class:`~attnflow.Diffusion` term): run ``r``'s generator
+``default_rng(SeedSequence(seed).spawn(R)[r])`` draws the run's initial tokens and then the
+normals of its steps (the split scheme of :mod:`attnflow.particles.integrate`), so a noisy
+run is the same bitwise whatever the number of ranks. A checkpoint holds every run's generator
+state (``ParticleState.rng_states``); a resumed noisy ensemble continues each stream from it.
 """
 
 from __future__ import annotations
@@ -22,10 +28,16 @@ from attnflow.kernels.choice import plan_kernels
 from attnflow.laws import Law
 from attnflow.model import check_causal
 from attnflow.particles.integrate import RK4, Euler
-from attnflow.particles.stepping import check_restart, march
+from attnflow.particles.stepping import (
+    check_restart,
+    interval_sigmas,
+    march,
+    noise_stats,
+    split_step,
+)
 from attnflow.resources import check_field_overflow, check_particle_run, memory_budget
 from attnflow.solutions import EnsembleSolution, Status
-from attnflow.states import CheckpointError, ParticleState, rng_states_json
+from attnflow.states import CheckpointError, ParticleState, rng_from_json, rng_states_json
 from attnflow.timegrid import check_dt, check_every, time_grid
 from attnflow.validation import as_points, check_int
 
@@ -63,7 +75,8 @@ def ensemble(
         (same ``d``, sphere or R^d).
     n_particles, n_runs : tokens per run and number of runs (ints >= 1).
     t_final, dt, save_times, method : as for :func:`~attnflow.simulate`.
-    seed : run ``r`` draws its tokens from ``SeedSequence(seed).spawn(n_runs)[r]``.
+    seed : run ``r`` draws its tokens, then (noisy model) the normals of its steps, from
+        ``default_rng(SeedSequence(seed).spawn(n_runs)[r])``.
     comm : an ``mpi4py`` communicator: the runs are dealt round-robin to its ranks.
     checkpoint_every : with ``K > 0``, ``on_checkpoint(state)`` is called on every rank
         (collectively) after every ``K``-th step with a
@@ -82,8 +95,8 @@ def ensemble(
 
     Returns an :class:`~attnflow.solutions.EnsembleSolution` (identical on every rank and for
     any rank count); ``stats`` holds ``steps``, ``rhs_evaluations`` (per run: steps × stages),
-    ``wall_time``,
-    ``dt``, ``method``, ``ranks`` and ``seed``.
+    ``wall_time``, ``dt``, ``method``, ``ranks``, ``seed`` and ``noise`` (``None``, or the
+    scheme, the ``sigma`` of each interval between events and the weak order).
     """
     if check_causal(model):  # token order matters: the causal particle solver
         from attnflow.causal.particles import ensemble_causal
@@ -119,6 +132,8 @@ def ensemble(
     grid = time_grid(t_final, save_times, breakpoints=model.breakpoints)
     ts = grid.save_times
     every = check_every(checkpoint_every, on_checkpoint)
+    sigmas = interval_sigmas(model, grid)
+    noisy = any(s > 0 for s in sigmas)
     # Steps, memory and USA overflow, before anything is allocated (attnflow.resources).
     check_particle_run(
         model,
@@ -144,6 +159,8 @@ def ensemble(
         check_restart(restart, dt, grid, (n_runs, n_particles, d))
         if restart.seed != seed:
             raise CheckpointError(f"the checkpoint has seed {restart.seed}, this run {seed}")
+        if noisy and (len(restart.rng_states) != n_runs or not all(restart.rng_states)):
+            raise CheckpointError("the checkpoint holds no generator states for this noisy run")
     seeds = np.random.SeedSequence(seed).spawn(n_runs)
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
     mine = list(range(rank, n_runs, size))
@@ -154,6 +171,7 @@ def ensemble(
     saved: dict[int, list[np.ndarray]] = {}
     status: dict[int, Status] = {}
     rng_state: dict[int, str] = {}
+    gens: dict[int, np.random.Generator] = {}
     step0 = segment0 = segment_step0 = 0
     wall0 = 0.0
     for r in mine:
@@ -168,6 +186,8 @@ def ensemble(
             saved[r] = list(restart.saved[r])
             status[r] = Status(restart.status[r])
             rng_state[r] = restart.rng_states[r] if restart.rng_states else ""
+            g = rng_from_json(rng_state[r]) if noisy else np.random.default_rng(seeds[r])
+        gens[r] = g
     if restart is None and not model.sphere:  # R^d: the field bound needs the drawn tokens
         check_field_overflow(model, points=[xs[r] for r in mine], comm=comm)
     if restart is not None:
@@ -182,9 +202,11 @@ def ensemble(
     def advance(t: float, h: float, k: int) -> None:
         if active["k"] != k:  # the dynamics of this interval between events
             active["k"], active["dyn"] = k, model.on_interval(*grid.segment(k))
+        sigma = sigmas[k]
         for r in mine:
             if status[r] is Status.SUCCESS:
-                xs[r] = geo.retract(method.step(field, xs[r], t, h))
+                z = gens[r].standard_normal((2, n_particles, d)) if sigma > 0 else None
+                xs[r] = split_step(geo, lambda y: method.step(field, y, t, h), xs[r], h, sigma, z)
 
     def record(j: int) -> bool:
         for r in mine:
@@ -197,6 +219,9 @@ def ensemble(
         return bool(every) or any(status[r] is Status.SUCCESS for r in mine)
 
     def checkpoint(t: float, step: int, segment: int, segment_step: int) -> None:
+        if noisy:
+            for r in mine:
+                rng_state[r] = rng_states_json([gens[r].bit_generator.state])[0]
         local = {
             r: (
                 xs[r],
@@ -266,6 +291,7 @@ def ensemble(
         "method": type(method).__name__,
         "ranks": size,
         "seed": seed,
+        "noise": noise_stats(sigmas, method.order),
         "kernel": "+".join(r["method"] for r in plan.describe()) or "none",
         "kernel_plan": plan.describe(),
     }

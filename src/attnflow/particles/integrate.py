@@ -1,10 +1,45 @@
-"""Time integration of the particle system ``dx_i/dt = X[mu_N](x_i, t)`` for any dynamics.
+"""Time integration of the particle system ``dx_i = X[mu_N](x_i, t) dt + sqrt(2 sigma) dB_i``
+for any dynamics (``sigma = 0`` unless the dynamics holds a :class:`~attnflow.Diffusion` term).
 
-Scheme: explicit Runge–Kutta in the ambient space on the field ``P_x F(x)`` (whose flow keeps
-``|x| = 1`` invariant), followed by the retraction ``x -> x/|x|`` after every step on the
-sphere. The retraction is a projection onto the invariant manifold, so RK4 keeps order 4 (the
-tests observe 4.0 on two tokens on S^1); points stay on the sphere to round-off. Hardmax
-(``beta = inf``) has a discontinuous field: the order then drops at switching times.
+Deterministic scheme: explicit Runge–Kutta in the ambient space on the field ``P_x F(x)``
+(whose flow keeps ``|x| = 1`` invariant), followed by the retraction ``x -> x/|x|`` after every
+step on the sphere. The retraction is a projection onto the invariant manifold, so RK4 keeps
+order 4 (the tests observe 4.0 on two tokens on S^1); points stay on the sphere to round-off.
+Hardmax (``beta = inf``) has a discontinuous field: the order then drops at switching times.
+
+Noise (``model.noisy``; ``B_i`` independent Brownian motions on ``S^{d-1}``, generator
+``sigma Delta_S``, or in ``R^d``). Strang splitting of the generator ``L = A + sigma sum_i
+Delta_i`` (``A`` the drift):
+
+    x <- N_{h/2} ( retract( RK_h ( N_{h/2}(x) ) ) ),
+
+``RK_h`` the deterministic step above, ``N_tau`` a Brownian step of length ``tau``
+(:mod:`attnflow.geometry`, ``geometry.noise``) driven by standard normals drawn from the run's
+generator:
+
+* ``R^d``: ``N_tau(x) = x + sqrt(2 sigma tau) z``, exact in law;
+* ``S^1``: the geodesic step by a ``N(0, 2 sigma tau)`` angle, exact in law;
+* ``S^{d-1}``, ``d >= 3``: the geodesic step ``cos(r) x + sin(r) xi/|xi|``, ``xi = sqrt(2 sigma
+  tau) b P_x z``, ``r = |xi|``, with the variance correction ``b^2 = 1/(1 + (d-2) sigma tau/3)``
+  that matches ``E(1 - <x', x>)`` and ``E(1 - <x', x>)^2`` of the exact Brownian motion to
+  ``O(tau^3)`` (derivation in :mod:`attnflow.geometry`): local weak error ``O(tau^3)``.
+
+The Itô correction: the drift ``-sigma (d-1) x`` of Brownian motion on the sphere seen in
+``R^d`` (``d<x_t, x_0> = -sigma (d-1) <x_t, x_0> dt``) comes from the curvature of the step:
+``E<x', x> = E cos r = 1 - sigma (d-1) tau + O(tau^2)`` (the plain tangent step followed by
+the retraction gives the same first order, ``E(1 + |xi|^2)^{-1/2} = 1 - sigma (d-1) tau +
+O(tau^2)``, but its ``O(tau^2)`` term is wrong: weak order 1).
+
+Strang splitting with free steps of local weak error ``O(h^3)`` and a drift step of order
+``>= 2`` is of weak order 2; with :class:`Euler` it is of weak order 1. Observed (tests,
+``tests/particles/test_noise.py``): free Brownian motion, ``E<x_t, x_0> = e^{-sigma (d-1) t}``
+exact at any step on ``S^1`` and with error ``O(h^2)`` on ``S^2``, ``S^4``; see
+``docs/noise_particles.md`` for the table.
+
+Random numbers: every step draws ``(2, N, d)`` standard normals from the run's generator (also
+with ``comm``: every rank draws the normals of all tokens from the same generator and uses its
+block's rows), so the run is the same bitwise on 1, 2 or 3 ranks. A step in an interval of
+``sigma = 0`` (a :class:`~attnflow.Piecewise` dynamics) draws nothing.
 
 MPI: with ``comm`` the tokens are split into contiguous blocks over the ranks; each stage
 gathers all positions and each rank evaluates the field at its own block. Every token's
@@ -17,7 +52,8 @@ one. The steps between two events (save times and switching times of a
 :class:`~attnflow.Piecewise` dynamics) are fixed by the events and ``dt`` alone
 (:mod:`attnflow.particles.stepping`), so a resumed run takes the same steps as an
 uninterrupted one and ends bitwise equal, and no step mixes two pieces of a piecewise
-dynamics.
+dynamics. A noisy run stores its generator's state in the checkpoint
+(``ParticleState.rng_states``) and resumes its stream from it.
 """
 
 from __future__ import annotations
@@ -34,10 +70,18 @@ from attnflow.cloud import Cloud
 from attnflow.dynamics import Dynamics
 from attnflow.kernels.choice import plan_kernels
 from attnflow.model import check_causal
-from attnflow.particles.stepping import blocks, check_restart, march
+from attnflow.particles.stepping import (
+    as_generator,
+    blocks,
+    check_restart,
+    interval_sigmas,
+    march,
+    noise_stats,
+    split_step,
+)
 from attnflow.resources import check_particle_run, memory_budget
 from attnflow.solutions import Solution, Status
-from attnflow.states import ParticleState
+from attnflow.states import CheckpointError, ParticleState, rng_from_json, rng_states_json
 from attnflow.timegrid import check_dt, check_every, time_grid
 from attnflow.validation import as_points, as_weights
 
@@ -93,8 +137,10 @@ def simulate(
     restart: ParticleState | None = None,
     progress: Callable[[float, int], None] | None = None,
     kernel: Any = "auto",
+    rng: int | np.random.SeedSequence | np.random.Generator | None = None,
 ) -> Solution:
-    """Integrate the particle system ``dx_i/dt = X[mu_N](x_i, t)`` from ``x0`` to ``t_final``.
+    """Integrate the particle system ``dx_i = X[mu_N](x_i, t) dt + sqrt(2 sigma) dB_i`` from
+    ``x0`` to ``t_final`` (``sigma`` from the :class:`~attnflow.Diffusion` terms, if any).
 
     Parameters
     ----------
@@ -160,6 +206,16 @@ def simulate(
     if not isinstance(method, (RK4, Euler)):
         raise TypeError(f"method must be RK4() or Euler(), got {method!r}")
     every = check_every(checkpoint_every, on_checkpoint)
+    gen = as_generator(rng)
+    sigmas = interval_sigmas(model, grid)
+    noisy = any(s > 0 for s in sigmas)
+    if noisy and gen is None and restart is None:
+        raise ValueError(
+            "rng: the model is noisy (a Diffusion term): give rng= (a seed, a numpy "
+            "SeedSequence or Generator)"
+        )
+    if noisy and restart is not None and not (restart.rng_states and restart.rng_states[0]):
+        raise CheckpointError("the checkpoint holds no generator state for this noisy run")
     # Steps, memory and USA overflow, before anything is allocated (attnflow.resources).
     check_particle_run(
         model,
@@ -184,6 +240,14 @@ def simulate(
     )
 
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
+    if noisy and restart is not None:
+        gen = rng_from_json(restart.rng_states[0])
+    if noisy and comm is not None:  # every rank must draw the same normals
+        state = rng_states_json([gen.bit_generator.state])[0]
+        if not all(comm.allgather(state == comm.bcast(state, root=0))):
+            raise ValueError("rng: the generators differ between ranks (pass the same seed)")
+    if not noisy:
+        gen = None
     lo, hi = blocks(n, size)[rank]
     counts = [(b - a) * model.d for a, b in blocks(n, size)]
     geo = model.geometry
@@ -219,7 +283,10 @@ def simulate(
             cloud = Cloud(y_local if comm is None else gather(y_local), w)
             return dyn.evaluate(y_local, cloud, s, kernel=plan)
 
-        run["x"] = geo.retract(method.step(field, run["x"], t, h))
+        sigma = sigmas[k]
+        # All tokens' normals on every rank (the same stream for any number of ranks).
+        z = gen.standard_normal((2, n, model.d))[:, lo:hi] if sigma > 0 else None
+        run["x"] = split_step(geo, lambda y: method.step(field, y, t, h), run["x"], h, sigma, z)
 
     def record(j: int) -> bool:
         saved.append(gather(run["x"]))
@@ -244,6 +311,7 @@ def simulate(
                 x=x_all[None],
                 saved=[np.stack(saved) if saved else np.zeros((0, n, model.d))],
                 status=(run["status"].value,),
+                rng_states=() if gen is None else rng_states_json([gen.bit_generator.state]),
                 wall_time=wall0 + time.perf_counter() - start,
             )
         )
@@ -273,6 +341,7 @@ def simulate(
         "dt": dt,
         "method": type(method).__name__,
         "ranks": size,
+        "noise": noise_stats(sigmas, method.order),
         "kernel": "+".join(r["method"] for r in plan.describe()) or "none",
         "kernel_plan": plan.describe(),
     }

@@ -1,5 +1,6 @@
 """The step schedule of the particle solvers, shared by :func:`~attnflow.simulate` and
-:func:`~attnflow.ensemble`, and the checks of a restart state.
+:func:`~attnflow.ensemble`, the checks of a restart state, and the noisy step (the split
+scheme of :mod:`attnflow.particles.integrate`) with its generator.
 
 The solvers integrate over the event grid of :func:`attnflow.timegrid.time_grid` (the save
 times and the switching times of the dynamics). Interval ``k`` runs from event ``k - 1`` (0 for
@@ -12,13 +13,84 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from attnflow.geometry import Geometry
 from attnflow.states import CheckpointError, ParticleState
 from attnflow.timegrid import TimeGrid
 
-__all__ = ["blocks", "check_restart", "march"]
+__all__ = [
+    "NOISE_SCHEME",
+    "as_generator",
+    "blocks",
+    "check_restart",
+    "interval_sigmas",
+    "march",
+    "noise_stats",
+    "split_step",
+]
+
+#: The noisy step, as recorded in ``stats["noise"]["scheme"]``.
+NOISE_SCHEME = "strang: brownian(h/2), drift(h), brownian(h/2)"
+
+
+def as_generator(rng: Any) -> np.random.Generator | None:
+    """The generator of the ``rng`` argument: ``None``, a seed (int >= 0), a
+    ``numpy.random.SeedSequence`` or a ``numpy.random.Generator`` (used as it is, and advanced).
+    """
+    if rng is None or isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, np.random.SeedSequence):
+        return np.random.default_rng(rng)
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        if rng < 0:
+            raise ValueError(f"rng must be a seed >= 0, got {rng}")
+        return np.random.default_rng(int(rng))
+    raise TypeError(
+        "rng must be a seed (int >= 0), a numpy SeedSequence or a numpy Generator, "
+        f"got {type(rng).__name__}"
+    )
+
+
+def interval_sigmas(model: Any, grid: TimeGrid) -> list[float]:
+    """The diffusion coefficient of ``model`` on each interval between the events of ``grid``
+    (``model.on_interval(a, b).diffusivity`` at the midpoint; constant on an interval)."""
+    out = []
+    for k in range(grid.events.size):
+        a, b = grid.segment(k)
+        out.append(float(model.on_interval(a, b).diffusivity(0.5 * (a + b))))
+    return out
+
+
+def noise_stats(sigmas: list[float], method_order: int) -> dict[str, Any] | None:
+    """``stats["noise"]``: the scheme, the sigma of each interval and the weak order (2 with a
+    drift method of order >= 2, else the method's); ``None`` for a deterministic run."""
+    if not any(s > 0 for s in sigmas):
+        return None
+    return {"scheme": NOISE_SCHEME, "sigma": list(sigmas), "weak_order": min(2, method_order)}
+
+
+def split_step(
+    geo: Geometry,
+    drift_step: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    h: float,
+    sigma: float,
+    z: np.ndarray | None,
+) -> np.ndarray:
+    """One step of the noisy particle system (Strang splitting).
+
+    ``x <- noise_{h/2}(retract(drift_step(noise_{h/2}(x))))`` with the Brownian steps of
+    ``geo.noise`` driven by ``z[0]`` and ``z[1]`` (each of the shape of ``x``); with
+    ``sigma == 0`` (or ``z`` None) the deterministic step ``retract(drift_step(x))``.
+    """
+    if sigma == 0.0 or z is None:
+        return geo.retract(drift_step(x))
+    y = geo.noise(x, 0.5 * h, sigma, z[0])
+    y = geo.retract(drift_step(y))
+    return geo.noise(y, 0.5 * h, sigma, z[1])
 
 
 def blocks(n: int, size: int) -> list[tuple[int, int]]:
