@@ -19,14 +19,16 @@ with the ALiBi kernel of :mod:`attnflow.causal.weights` (the limit of the token 
 
 and the mixture density ``g_s = int_0^s kappa_lambda(s, s') f(t, s', .) ds'``:
 
-* ``form="interaction"`` (the lost-in-the-middle model, ``dtheta_j/dt = sum_{k<j} w_jk
-  W'(theta_j - theta_k)``, ``W = e^{beta cos}``):
+* the interaction form, :class:`~attnflow.causal.CausalInteraction` ``(d, beta, lam)`` (the
+  lost-in-the-middle model, ``dtheta_j/dt = sum_{k<j} w_jk W'(theta_j - theta_k)``,
+  ``W = e^{beta cos}``):
 
       X(s, x) = int_0^s kappa(s, s') int grad_S e^{beta <x, y>} f(s', y) dy ds'
               = beta P_x int e^{beta <x, y>} y g_s(y) dy,
 
   i.e. ``beta`` times the USA field (``normalized=False``) of ``g_s``;
-* ``form="softmax"`` (causal softmax attention with an ALiBi bias, tokens ``k <= j``):
+* the causal softmax form, ``SelfAttention(d, beta, ..., causal=True, alibi=lam)`` (softmax
+  over the tokens ``k <= j`` with the ALiBi bias):
 
       X(s, x) = P_x  int int_{s' <= s} e^{-lambda (s - s')} e^{beta <x, y>} y f(s', y)
                    / int int_{s' <= s} e^{-lambda (s - s')} e^{beta <x, y>} f(s', y),
@@ -34,11 +36,10 @@ and the mixture density ``g_s = int_0^s kappa_lambda(s, s') f(t, s', .) ds'``:
   the SA field of the same mixture ``g_s`` (the normalisation of the weights in ``s'``
   cancels).
 
-For general ``Q, K, V`` of the given :class:`~attnflow.SelfAttention` the kernel is
-``e^{beta <Q x, K y>}`` and the values ``V y``; the interaction form is a gradient for
-``V = Q^T K`` (e.g. ``Q = K = V = I``). Linearised around the uniform density on S^1 (every
-slice ``1/2pi``), Fourier mode ``n`` of slice ``s`` obeys the Volterra equation
-``d_t g_n(s) = r_n int_0^s kappa(s, s') g_n(s') ds'`` with ``r_n = n^2 I_n(beta)``
+The softmax form uses the model's ``Q, K, V`` (kernel ``e^{beta <Q x, K y>}``, values
+``V y``; ``centered`` as in :class:`~attnflow.SelfAttention`). Linearised around the uniform
+density on S^1 (every slice ``1/2pi``), Fourier mode ``n`` of slice ``s`` obeys the Volterra
+equation ``d_t g_n(s) = r_n int_0^s kappa(s, s') g_n(s') ds'`` with ``r_n = n^2 I_n(beta)``
 (interaction) or ``n^2 I_n(beta) / (beta I_0(beta))`` (softmax).
 
 Discretisation
@@ -97,6 +98,7 @@ import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from attnflow.causal.particles import CausalInteraction
 from attnflow.causal.weights import alibi_weights, check_slope, slice_weights
 from attnflow.cloud import Cloud
 from attnflow.fem.ordering import InputOrder
@@ -111,7 +113,7 @@ from attnflow.fem.velocity import NodalVelocity
 from attnflow.io import read_npz, write_npz_atomic, write_point_cloud_series
 from attnflow.kernels.choice import KernelChoice, as_kernel_choice, plan_kernels
 from attnflow.laws import Law
-from attnflow.model import SelfAttention
+from attnflow.model import SelfAttention, check_causal
 from attnflow.resources import check_field_overflow, check_memory, check_steps, memory_budget
 from attnflow.solutions import FieldSolution, Status
 from attnflow.timegrid import time_grid
@@ -154,23 +156,29 @@ def mixture_weights(n_slices: int, lam: float, form: str = "interaction") -> np.
     return alibi_weights(n + 1, lam * (n + 1) / n)[1:, :-1]
 
 
-def _causal_spec(model: object, form: str | None, lam: float | None) -> tuple[Any, str, float]:
-    """``(kernel term, form, lam)`` of the model: a :class:`~attnflow.SelfAttention` (its
-    ``beta``, ``Q``, ``K``, ``V``) with ``form`` (default ``"interaction"``) and ``lam``
-    (default 0)."""
-    if not isinstance(model, SelfAttention):
-        raise TypeError(f"model must be a SelfAttention, got {type(model).__name__}")
-    form = _check_form("interaction" if form is None else form)
-    lam = check_slope(0.0 if lam is None else lam)
-    if model.hardmax:
-        raise ValueError("model.beta must be finite for the kinetic solver (hardmax is not)")
-    if not model.sphere:
-        raise ValueError("model.sphere must be True: the kinetic solver works on S^1 and S^2")
-    normalized = form == "softmax"
-    term = model if model.normalized == normalized else replace(model, normalized=normalized)
-    if not normalized and term.rescale_usa:
-        raise ValueError("model.rescale_usa must be False for the interaction form")
-    return term, form, lam
+def _causal_spec(model: object) -> tuple[SelfAttention, str, float]:
+    """``(kernel term, form, lam)`` of a causal model: a
+    :class:`~attnflow.causal.CausalInteraction` (``beta`` times the USA field of the mixture,
+    ``Q = K = V = I``; ``rescale`` gives the field times ``e^{-beta}``) or a
+    ``SelfAttention(..., causal=True, alibi=lam)`` (the SA field of the mixture with the
+    model's ``Q``, ``K``, ``V``)."""
+    if isinstance(model, CausalInteraction):
+        term = SelfAttention(model.d, model.beta, normalized=False, rescale_usa=model.rescale)
+        return term, "interaction", float(model.lam)
+    if isinstance(model, SelfAttention):
+        if not model.causal:
+            raise ValueError(
+                "model must be causal: CausalInteraction(d, beta, lam) or "
+                "SelfAttention(..., causal=True, alibi=lam) (MeanFieldSolver runs the others)"
+            )
+        if not model.sphere:
+            raise ValueError("model.sphere must be True: the kinetic solver works on S^1, S^2")
+        return replace(model, causal=False, alibi=0.0), "softmax", float(model.alibi)
+    check_causal(model)  # a composite holding a causal term: its own one-line error
+    raise TypeError(
+        "model must be a CausalInteraction or a SelfAttention(..., causal=True), got "
+        f"{type(model).__name__}"
+    )
 
 
 def _initial_function(f0: object) -> Callable[[float, np.ndarray], np.ndarray]:
@@ -358,17 +366,15 @@ class CausalSolver:
 
     Parameters
     ----------
-    model : a :class:`~attnflow.SelfAttention` on the sphere (its ``d``, ``beta``, ``Q``,
-        ``K``, ``V``; ``normalized`` is set by ``form``).
+    model : the causal model: a :class:`~attnflow.causal.CausalInteraction` ``(d, beta, lam)``
+        (the interaction form) or a ``SelfAttention(d, beta, ..., causal=True, alibi=lam)``
+        on the sphere (the causal softmax form, with its ``Q``, ``K``, ``V``).
     mesh : a ghosted manifold mesh of the unit sphere (:func:`circle_mesh`,
         :func:`sphere_mesh`); ``model.d`` is its geometric dimension.
     f0 : initial density: a :class:`~attnflow.laws.Law` (the same in every slice), a callable
         of ``x`` ((n, d) -> (n,)) or of ``(s, x)`` (``s`` the slice position, a float),
         values >= 0, L2-projected onto DG_k slice by slice (then limited).
     n_slices : number of slices ``n_s >= 1`` in ``s``.
-    form : ``"interaction"`` (default; ``beta`` times the USA field of the mixture) or
-        ``"softmax"`` (the SA field of the mixture).
-    lam : the ALiBi slope ``lambda >= 0`` (default 0: uniform weights over earlier slices).
     degree, kernel, cfl, quadrature_degree, petsc_options, petsc_options_prefix : as for
         :class:`~attnflow.fem.MeanFieldSolver` (one kernel operator, chosen for one density).
     normalize : scale every slice to unit mass on the mesh (the law of the token at ``s``),
@@ -379,13 +385,11 @@ class CausalSolver:
 
     def __init__(
         self,
-        model: SelfAttention,
+        model: CausalInteraction | SelfAttention,
         mesh: dolfinx.mesh.Mesh,
         f0: Law | Callable[..., np.ndarray],
         *,
         n_slices: int,
-        form: str | None = None,
-        lam: float | None = None,
         degree: int = 0,
         kernel: KernelChoice | str = "auto",
         cfl: float = 0.9,
@@ -394,7 +398,7 @@ class CausalSolver:
         petsc_options_prefix: str = "attnflow_",
         normalize: bool = True,
     ) -> None:
-        term, form, lam = _causal_spec(model, form, lam)
+        term, form, lam = _causal_spec(model)
         n_s = check_int("n_slices", n_slices, 1)
         kernel = as_kernel_choice(kernel)
         gdim, tdim = mesh.geometry.dim, mesh.topology.dim
