@@ -451,12 +451,13 @@ def prompt_ensemble(
         raise TypeError(f"law must be a Law, got {type(law).__name__}")
     if law.d != model.d or bool(law.on_sphere) != bool(model.sphere):
         raise ValueError("law must live where the model's tokens live (same d, sphere or R^d)")
-    seeds = np.random.SeedSequence(seed).spawn(n_prompts)
 
     def draw(idx: list[int]) -> np.ndarray:
         out = np.empty((len(idx), n_tokens, model.d))
         for i, r in enumerate(idx):
-            out[i] = law.sample(n_tokens, np.random.default_rng(seeds[r]))
+            # SeedSequence(seed).spawn(n_prompts)[r], made alone (no list of n_prompts seeds)
+            seq = np.random.SeedSequence(seed, spawn_key=(r,))
+            out[i] = law.sample(n_tokens, np.random.default_rng(seq))
         return out
 
     return _integrate(
