@@ -1,6 +1,10 @@
 """Causal particle systems: prompts of ``N`` tokens where token ``j`` sees only tokens ``k < j``
 (or ``k <= j``), integrated for many prompts at once.
 
+(One idea, one module: the causal particle solver — the velocities of its two models, the
+integrator batched over prompts and ranks, and the Monte Carlo estimator read off its
+ensembles.)
+
 Conventions (the lost-in-the-middle model, Duerinckx–Geshkovski–Rossi arXiv:2605.09213 and its
 companion code borjanG/2026-lost-in-the-middle). A prompt is ``N`` tokens ``x_1 .. x_N`` on
 ``S^{d-1}`` at positions ``s_j = j/N``; arrays are 0-based (row ``j`` is token ``j + 1``).
