@@ -222,6 +222,13 @@ class FieldSolution(_Saveable):
     points_per_cell : quadrature points per cell (``points`` is cell-major).
     dofs : (n_cells, n_dofs_per_cell) density dofs at the last save time, by input cell index
         (partition-independent; ``None`` for solutions built elsewhere).
+    free_energy : (n_saved,) the free energy ``F = sigma int rho log rho - E(rho)`` (``sigma``
+        the diffusion coefficient at the save time, ``E = exp(energy)`` the interaction
+        energy; NaN where ``energy`` is NaN). For USA with ``Q = K = V = I`` the noisy flow is
+        the Wasserstein gradient flow of ``F``, which then never increases. ``None`` for
+        solutions built elsewhere (and files written before it existed).
+    entropy : (n_saved,) ``int rho log rho`` (``0 log 0 = 0``), by the quadrature of the
+        points (exact for DG0). ``None`` as ``free_energy``.
     status : :class:`Status` of the solve.
     stats : ``steps``, ``rhs_evaluations``, ``wall_time``, ``dt`` (the CFL step), ``degree``,
         ``kernel``, ``matrix_entries``, ``rows_recomputed``, ``ranks``.
@@ -239,6 +246,8 @@ class FieldSolution(_Saveable):
     dofs: np.ndarray | None = None
     status: Status = Status.SUCCESS
     stats: Mapping[str, Any] = field(default_factory=dict)
+    free_energy: np.ndarray | None = None
+    entropy: np.ndarray | None = None
 
     kind: ClassVar[str] = "fem"
     _arrays: ClassVar[tuple[str, ...]] = (
@@ -252,7 +261,7 @@ class FieldSolution(_Saveable):
         "weights",
         "points_per_cell",
     )
-    _optional: ClassVar[tuple[str, ...]] = ("dofs",)
+    _optional: ClassVar[tuple[str, ...]] = ("dofs", "free_energy", "entropy")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", Status(self.status))

@@ -18,6 +18,24 @@ where ``X_max`` is the dynamics' a priori speed bound, the sum of its terms' bou
 Euler step of DG0 keeps ``rho >= 0``, hence so does every SSP stage. Upwind DG0 is first order
 in space (order 1/2 in Wasserstein distance once the density concentrates).
 
+Noise (``dynamics.noisy``: a :class:`~attnflow.Diffusion` term) adds ``sigma Delta rho``:
+``M d_t rho = F(rho) - sigma A rho`` with the diffusion matrix ``A`` of
+:mod:`attnflow.fem.diffusion` (DG0 two-point fluxes, DG1 symmetric interior penalty),
+assembled once. The default time stepping is then PETSc's IMEX ``arkimex`` (type ``1bee``,
+:mod:`attnflow.fem.timestepping`): the diffusion implicit (``IFunction`` ``u' + sigma M^{-1} A
+u``, ``IJacobian`` ``shift I + sigma M^{-1} A``, one direct solve per implicit stage), the
+transport explicit (``RHSFunction``, as without noise), with the same transport CFL step: no
+``sigma / h^2`` bound. An explicit TS type chosen through the options (``ts_type ssp``, ``rk``,
+``euler``) integrates the diffusion explicitly too; its step is then capped by the explicit
+diffusion bound ``2 C / (sigma |M^{-1} A|_inf)`` (combined harmonically with the CFL step) and a
+warning says so. Pure diffusion (speed bound 0, e.g. ``Diffusion(s, d=3, sphere=True)``) has no
+CFL step: the step is that of a unit speed, ``dt ~ h`` (or ``dt=``). With a
+:class:`~attnflow.Piecewise` dynamics sigma is that of each interval between switching times.
+
+The free energy ``F = sigma int rho log rho - E(rho)`` (E the interaction energy of the
+attention term) is recorded at the save times (``FieldSolution.free_energy``, with the entropy
+``int rho log rho`` in ``FieldSolution.entropy``).
+
 Other TS choices through ``petsc_options`` (``{"ts_type": "rk", "ts_rk_type": "4"}``) or the
 options prefix (default ``attnflow_``) on the command line (``-attnflow_ts_type rk``); the
 options are inserted for the solve and removed afterwards (:mod:`attnflow.fem.timestepping`).
@@ -33,6 +51,7 @@ round-off on another: the dofs are stored by input cell index).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,9 +68,18 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from attnflow.cloud import Cloud
+from attnflow.diffusion import Diffusion
 from attnflow.dynamics import Dynamics
+from attnflow.fem.diffusion import DiffusionOperator
 from attnflow.fem.ordering import InputOrder
-from attnflow.fem.timestepping import DEFAULT_TS_OPTIONS, SSP_COEFFICIENT, inserted_options
+from attnflow.fem.timestepping import (
+    DEFAULT_IMEX_OPTIONS,
+    DEFAULT_TS_OPTIONS,
+    EXPLICIT_TS_TYPES,
+    IMEX_CFL_COEFFICIENT,
+    SSP_COEFFICIENT,
+    inserted_options,
+)
 from attnflow.fem.transport import (
     cell_quadrature,
     cfl_step,
@@ -66,7 +94,7 @@ from attnflow.resources import check_field_overflow, check_memory, check_steps, 
 from attnflow.solutions import FieldSolution, Status
 from attnflow.states import CheckpointError, FieldState
 from attnflow.timegrid import TimeGrid, check_every, time_grid
-from attnflow.validation import check_real
+from attnflow.validation import check_positive, check_real
 
 __all__ = ["FieldSolution", "MeanFieldSolver"]
 
@@ -101,6 +129,15 @@ class MeanFieldSolver:
     petsc_options_prefix : the options prefix of the TS (default ``attnflow_``).
     normalize : scale the initial density to unit mass on the mesh (the total weight of a
         particle system), after evaluating ``rho0`` at the quadrature points.
+    dt : the time step (default: the transport CFL step; for a dynamics without transport,
+        speed bound 0, the CFL step of a unit speed, ``dt ~ h``). A ``dt`` above the CFL step
+        of a dynamics with transport is refused (positivity); without transport any ``dt > 0``
+        is allowed (the implicit diffusion is unconditionally stable and positive for DG0).
+
+    Noise: a dynamics with a :class:`~attnflow.Diffusion` term (``model.noisy``) solves
+    ``d_t rho + div(rho X[rho]) = sigma Delta rho`` (module docstring); the diffusion matrix is
+    assembled at construction. DG0 needs an admissible mesh (``circle_mesh``, ``sphere_mesh``,
+    ``box_mesh(1, ...)``); use ``degree=1`` on 2-D and 3-D boxes.
 
     :meth:`solve` can be called more than once: every call starts from ``rho0`` (or from its
     ``restart`` state) and leaves nothing behind that changes the next one.
@@ -119,6 +156,7 @@ class MeanFieldSolver:
         petsc_options: Mapping[str, Any] | None = None,
         petsc_options_prefix: str = "attnflow_",
         normalize: bool = False,
+        dt: float | None = None,
     ) -> None:
         if check_causal(model):
             raise ValueError(
@@ -147,6 +185,8 @@ class MeanFieldSolver:
             raise ValueError(f"degree must be 0 or 1, got {degree!r}")
         if not (0 < cfl <= 1):
             raise ValueError(f"cfl must be in (0, 1], got {cfl!r}")
+        if dt is not None:
+            dt = check_positive("dt", dt)
         if isinstance(rho0, Law) and (rho0.d != gdim or bool(rho0.on_sphere) != manifold):
             space = {True: "S^{} in R^{}", False: "R^{1}"}
             raise ValueError(
@@ -215,9 +255,24 @@ class MeanFieldSolver:
         self.cell_volume = np.zeros(self.n_dofs)
         self.cell_volume[q.cell_dofs] = self._phi_integrals
         self._b = dolfinx.fem.Function(self.W)
-        self.dt = self._cfl_step(cfl)
+        #: The transport CFL step (of a unit speed when the dynamics has no transport).
+        self.cfl_dt = self._cfl_step(cfl)
+        if dt is not None and self.transport_speed > 0 and dt > self.cfl_dt:
+            raise ValueError(
+                f"dt must be <= the transport CFL step {self.cfl_dt:.6g} (positivity), got {dt!r}"
+            )
+        #: The time step of the solves (``cfl_dt`` unless ``dt`` was given).
+        self.dt = self.cfl_dt if dt is None else dt
         self.petsc_options = dict(petsc_options or {})
         self.petsc_options_prefix = petsc_options_prefix
+        #: The largest diffusion coefficient of the dynamics over time (0 without noise).
+        self.sigma_max = _max_diffusivity(model)
+        self._noise: DiffusionOperator | None = None
+        if model.noisy:  # assembled once, collectively, before any solve
+            self._noise = DiffusionOperator(self.W, self.cloud.cell_dofs, self._minv)
+        self._sigma = 0.0  # the diffusion coefficient of the current interval
+        self._explicit_sigma = 0.0  # sigma when an explicit TS integrates the diffusion
+        self._energy_term = _energy_term(model)
 
     # -- set-up ----------------------------------------------------------------------------
     def _set_initial(self, rho0, *, normalize: bool = False) -> None:
@@ -253,8 +308,11 @@ class MeanFieldSolver:
     def _cfl_step(self, cfl: float) -> float:
         mesh = self.mesh
         R = self.comm.allreduce(float(np.max(np.linalg.norm(mesh.geometry.x, axis=1))), op=MPI.MAX)
-        speed = self.model.speed_bound(R, self.mass())
-        return cfl_step(mesh, self._cell_volume, speed, self.degree, cfl * SSP_COEFFICIENT)
+        #: The a priori transport speed bound (0: no transport, e.g. pure diffusion).
+        self.transport_speed = float(self.model.speed_bound(R, self.mass()))
+        speed = self.transport_speed if self.transport_speed > 0 else 1.0
+        c = IMEX_CFL_COEFFICIENT if self.model.noisy else SSP_COEFFICIENT
+        return cfl_step(mesh, self._cell_volume, speed, self.degree, cfl * c)
 
     # -- evaluation --------------------------------------------------------------------------
     def mass(self) -> float:
@@ -262,7 +320,8 @@ class MeanFieldSolver:
         return self.comm.allreduce(float(self.cell_volume @ self.rho.x.array[: self.n_dofs]))
 
     def rhs(self, ts, t, x: PETSc.Vec, f: PETSc.Vec) -> None:
-        """``f = M^{-1} F(rho)`` for the density dofs ``x`` (PETSc TS signature)."""
+        """``f = M^{-1} F(rho)`` for the density dofs ``x`` (PETSc TS signature); with an
+        explicit TS and noise also ``- sigma M^{-1} A rho``."""
         self.rho.x.array[: self.n_dofs] = x.array_r
         # DG1: every stage is limited before its right-hand side is evaluated (PETSc locks the
         # stage vector, so the limited copy lives in rho), and the solution after every step
@@ -271,13 +330,110 @@ class MeanFieldSolver:
         self._limit(self.rho.x.array)
         self.rho.x.scatter_forward()
         self._rhs_count += 1
-        self.velocity(self.rho, self.u, float(t))
+        self._transport(float(t), f.array)
+        if self._explicit_sigma > 0:
+            y = f.duplicate()
+            self._noise.B.mult(self.rho.x.petsc_vec, y)
+            f.axpy(-self._explicit_sigma, y)
+            y.destroy()
+
+    def _transport(self, t: float, out: np.ndarray) -> None:
+        """``out[:n_dofs] = M^{-1} F(rho)`` for the density in ``self.rho`` (ghosts
+        up to date) at time ``t``; collective."""
+        self.velocity(self.rho, self.u, t)
         b = self._b.x
         b.array[:] = 0.0
         dolfinx.fem.assemble_vector(b.array, self._form)
         b.scatter_reverse(dolfinx.la.InsertMode.add)
         cd = self.cloud.cell_dofs
-        f.array[cd] = np.einsum("cij,cj->ci", self._minv, b.array[cd])
+        out[cd] = np.einsum("cij,cj->ci", self._minv, b.array[cd])
+
+    def _ifunction(self, ts, t, x: PETSc.Vec, xdot: PETSc.Vec, f: PETSc.Vec) -> None:
+        """IMEX implicit part ``f = xdot + sigma M^{-1} A x`` (PETSc TS signature)."""
+        if self._sigma > 0:
+            self.diffusion_operator.B.mult(x, f)
+            f.scale(self._sigma)
+            f.axpy(1.0, xdot)
+        else:
+            xdot.copy(f)
+
+    def _ijacobian(self, ts, t, x, xdot, shift: float, J: PETSc.Mat, P: PETSc.Mat) -> None:
+        """``J = shift I + sigma M^{-1} A`` (rewritten only when shift or sigma change, so the
+        factorisation is reused)."""
+        self.diffusion_operator.stage_matrix(shift, self._sigma)
+
+    # -- public operators (e.g. for stationary states) -----------------------------------------
+    @property
+    def diffusion_operator(self) -> DiffusionOperator:
+        """The diffusion operator (:class:`~attnflow.fem.diffusion.DiffusionOperator`: the
+        PETSc matrices ``A``, ``M_inv`` and ``B = M^{-1} A``, rows distributed like the
+        owned dofs). Assembled at construction for a noisy dynamics, else on first access
+        (then collective: every rank must ask)."""
+        if self._noise is None:
+            self._noise = DiffusionOperator(self.W, self.cloud.cell_dofs, self._minv)
+        return self._noise
+
+    @property
+    def diffusion_matrix(self) -> PETSc.Mat:
+        """The symmetric PETSc matrix ``A`` of ``-Delta`` (``M d_t rho = F - sigma A rho``);
+        see :attr:`diffusion_operator`."""
+        return self.diffusion_operator.A
+
+    def diffusivity(self, t: float = 0.0) -> float:
+        """The diffusion coefficient ``sigma`` of the dynamics at time ``t`` (0 without
+        noise)."""
+        return float(self.model.diffusivity(float(t)))
+
+    def tendency(self, dofs: np.ndarray, t: float = 0.0) -> np.ndarray:
+        """The time derivative ``d rho / dt`` of the semi-discrete equation at ``rho = dofs``.
+
+        ``M^{-1} (F(rho) - sigma(t) A rho)``: the upwind DG transport residual ``F`` with the
+        velocity of ``rho`` of the dynamics active at time ``t`` (attention terms from the
+        solver's kernel operators) and the diffusion matrix ``A`` (:attr:`diffusion_matrix`),
+        ``sigma(t) = model.diffusivity(t)``, ``M`` the block diagonal mass matrix. This is
+        the right-hand side the time stepper integrates, without the positivity limiter and
+        without clipping (negative values of ``rho`` enter the transport as they are; the
+        kernel sums use their positive part, as every stage does). Collective.
+
+        Parameters
+        ----------
+        dofs : (n_dofs,) the owned density dofs in this rank's local order (the layout of
+            ``solver.rho.x.array[:n_dofs]``; mass ``cell_volume @ dofs``, summed over ranks).
+        t : the time (selects the piece of a :class:`~attnflow.Piecewise` dynamics and its
+            ``sigma``).
+
+        Returns
+        -------
+        (n_dofs,) the owned dofs of ``d rho / dt``. ``cell_volume @ result`` sums to 0 over
+        the ranks up to round-off on spheres (mass conservation); on a box it is minus the
+        advective outflow rate.
+
+        The solver's working density ``rho`` (and velocity ``u``) are overwritten; its
+        initial density and the next :meth:`solve` are not affected.
+        """
+        x = np.asarray(dofs, dtype=np.float64)
+        if x.shape != (self.n_dofs,):
+            raise ValueError(f"dofs must have shape ({self.n_dofs},), got {x.shape}")
+        t = float(t)
+        self.rho.x.array[: self.n_dofs] = x
+        self.rho.x.scatter_forward()
+        out = np.zeros(self.n_dofs)
+        active = self.velocity.active
+        self.velocity.active = self.model  # the piece active at t (Piecewise.terms(t))
+        try:
+            self._transport(t, out)
+        finally:
+            self.velocity.active = active
+        sigma = self.diffusivity(t)
+        if sigma > 0:
+            B = self.diffusion_operator.B
+            xv, yv = B.createVecs()
+            xv.array[:] = x
+            B.mult(xv, yv)
+            out -= sigma * yv.array_r
+            xv.destroy()
+            yv.destroy()
+        return out
 
     def _gather_cloud(self, w: np.ndarray) -> np.ndarray:
         """Per-point arrays of all ranks in input cell order, on every rank; collective."""
@@ -353,14 +509,20 @@ class MeanFieldSolver:
         progress : ``progress(t, step)`` after every step, on every rank (e.g. a progress bar).
 
         Returns a :class:`~attnflow.solutions.FieldSolution`; its ``stats`` hold ``steps``,
-        ``rhs_evaluations``, ``wall_time``, ``dt``, ``degree``, ``kernel``,
-        ``matrix_entries``, ``rows_recomputed``, ``spectral_recomputed`` (targets the spectral
-        kernel recomputed exactly) and ``ranks``.
+        ``rhs_evaluations``, ``wall_time``, ``dt`` (the step used), ``ts_type``, ``sigma``
+        (the largest diffusion coefficient), ``implicit`` (whether the diffusion was
+        implicit), ``degree``, ``kernel``, ``matrix_entries``, ``rows_recomputed``,
+        ``spectral_recomputed`` (targets the spectral kernel recomputed exactly) and
+        ``ranks``. Its ``free_energy`` and ``entropy`` are recorded at the save times.
         """
         grid = time_grid(t_final, save_times, breakpoints=self.model.breakpoints)
         every = check_every(checkpoint_every, on_checkpoint)
-        # Steps (of the CFL step) and the saved densities, before the run (attnflow.resources).
-        check_steps(grid.t_final, self.dt, "MeanFieldSolver.solve with its CFL step")
+        noisy = self.model.noisy
+        defaults = DEFAULT_IMEX_OPTIONS if noisy else DEFAULT_TS_OPTIONS
+        scheme = self._scheme(defaults)
+        time_step = self._time_step(scheme)
+        # Steps and the saved densities, before the run (attnflow.resources).
+        check_steps(grid.t_final, time_step, "MeanFieldSolver.solve with its time step")
         n_pts, n_save = self.n_cells_global * self.cloud.n_q, grid.save_times.size
         check_memory(
             f"MeanFieldSolver.solve: {n_save} saved densities of {n_pts} points",
@@ -371,7 +533,8 @@ class MeanFieldSolver:
             self._check_restart(restart, grid)
         run = _Run(
             grid=grid,
-            energy=bool(energy) and self.model.has_energy,
+            dt=time_step,
+            energy=bool(energy) and self._energy_term is not None,
             every=every,
             on_checkpoint=on_checkpoint,
             progress=progress,
@@ -389,7 +552,7 @@ class MeanFieldSolver:
             rec = run.rec
             if restart is None:
                 run.m0 = self.mass()
-                t0, step0, time_step0, segment0 = 0.0, 0, self.dt, 0
+                t0, step0, time_step0, segment0 = 0.0, 0, time_step, 0
             else:
                 if writers:  # the recorded saves, rewritten into the new files
                     for k, t_k in enumerate(restart.t_saved):
@@ -401,6 +564,9 @@ class MeanFieldSolver:
                     rec["energy"].append(float(restart.energy[k]))
                     rec["min"].append(float(restart.min_density[k]))
                     rec["w"].append(np.asarray(restart.weights[k]))
+                    # The free energy of a recorded save, from its recorded density and energy.
+                    self._set_sigma(*grid.segment(self._save_segment(grid, k)))
+                    self._record_free_energy(run, rec["w"][-1], rec["energy"][-1])
                     if every and self.comm.rank == 0:
                         rec["dofs"].append(np.asarray(restart.saved_dofs[k]))
                 self.set_global_dofs(restart.dofs)
@@ -417,10 +583,16 @@ class MeanFieldSolver:
             ts.setTimeStep(time_step0)
             ts.setExactFinalTime(PETSc.TS.ExactFinalTime.MATCHSTEP)
             ts.setMaxSteps(10**9)
-            with inserted_options(
-                self.petsc_options_prefix, self.petsc_options, DEFAULT_TS_OPTIONS
-            ):
+            with inserted_options(self.petsc_options_prefix, self.petsc_options, defaults):
                 ts.setFromOptions()
+                run.ts_type = str(ts.getType())
+                if scheme == "imex":
+                    # Diffusion implicit: u' + sigma M^{-1} A u = M^{-1} F(u) (transport).
+                    ts.setIFunction(self._ifunction, x.duplicate())
+                    J = self.diffusion_operator.stage_matrix(1.0 / time_step, self.sigma_max)
+                    ts.setIJacobian(self._ijacobian, J, J)
+                    ts.getSNES().setFromOptions()
+            self._explicit_sigma = 0.0
             ts.setTime(t0)
             ts.setStepNumber(step0)
             if progress is not None:
@@ -429,13 +601,16 @@ class MeanFieldSolver:
                 a, t_next = grid.segment(k)
                 run.segment = k
                 self.velocity.set_interval(a, t_next)
+                self._set_sigma(a, t_next)
+                if scheme == "explicit":
+                    self._explicit_sigma = self._sigma
                 if t_next > ts.getTime():
                     # MATCHSTEP shortens the last step of an interval and TS keeps that step
-                    # for the next solve: restore the CFL step every time (a restarted interval
+                    # for the next solve: restore the step every time (a restarted interval
                     # continues with the step it was interrupted with, so the time grid is the
                     # same).
                     if restart is None or k != segment0:
-                        ts.setTimeStep(self.dt)
+                        ts.setTimeStep(time_step)
                     ts.setMaxTime(t_next)
                     ts.solve(x)
                 self.rho.x.array[: self.n_dofs] = x.array_r
@@ -443,6 +618,7 @@ class MeanFieldSolver:
                 if grid.is_save[k]:
                     self._record(run, t_next, writers)
             n_steps = ts.getStepNumber()
+            self._explicit_sigma = 0.0
         wall = run.wall0 + time.perf_counter() - run.start
         mass = np.array(rec["mass"])
         status = Status.SUCCESS if np.all(np.isfinite(mass)) else Status.NONFINITE
@@ -450,9 +626,10 @@ class MeanFieldSolver:
             status = Status.OVERFLOW  # an energy that is NaN or inf never comes with success
         if self.comm.rank == 0:
             logger.info(
-                "MeanFieldSolver: %d steps of dt=%.3g, mass drift %.2e, %.2fs",
+                "MeanFieldSolver: %d steps of dt=%.3g (%s), mass drift %.2e, %.2fs",
                 n_steps,
-                self.dt,
+                time_step,
+                scheme,
                 abs(mass[-1] - run.m0) / run.m0,
                 wall,
             )
@@ -460,7 +637,10 @@ class MeanFieldSolver:
             "steps": int(n_steps),
             "rhs_evaluations": int(self._rhs_count),
             "wall_time": wall,
-            "dt": float(self.dt),
+            "dt": float(time_step),
+            "ts_type": run.ts_type,
+            "sigma": float(self.sigma_max),
+            "implicit": scheme == "imex",
             "degree": int(self.degree),
             "kernel": "+".join(r["method"] for r in self.kernel_plan.describe()) or "none",
             "kernel_plan": self.kernel_plan.describe(),
@@ -482,15 +662,82 @@ class MeanFieldSolver:
             dofs=self.global_dofs(root=None),
             status=status,
             stats=stats,
+            free_energy=np.array(rec["free"]),
+            entropy=np.array(rec["entropy"]),
         )
+
+    def _scheme(self, defaults: Mapping[str, str]) -> str:
+        """``"imex"`` (ts_type arkimex) or ``"explicit"``, from the TS type the options will
+        select (``petsc_options``, then the options database, then ``defaults``)."""
+        opts = {str(k).lstrip("-"): v for k, v in self.petsc_options.items()}
+        name = self.petsc_options_prefix + "ts_type"
+        if "ts_type" in opts:
+            ts_type = str(opts["ts_type"])
+        elif PETSc.Options().hasName(name):
+            ts_type = str(PETSc.Options().getString(name))
+        else:
+            ts_type = str(defaults["ts_type"])
+        if ts_type == "arkimex":
+            return "imex"
+        if ts_type not in EXPLICIT_TS_TYPES and self.model.noisy:
+            raise ValueError(
+                f"petsc_options: ts_type {ts_type!r} cannot integrate the noise; use 'arkimex' "
+                f"(IMEX, the default) or an explicit type ({', '.join(EXPLICIT_TS_TYPES)})"
+            )
+        return "explicit"
+
+    def _time_step(self, scheme: str) -> float:
+        """The step of a solve: ``dt``, capped by the explicit diffusion bound when an
+        explicit scheme integrates the noise (logged on rank 0)."""
+        if scheme != "explicit" or self.sigma_max <= 0:
+            return self.dt
+        dt_diff = self.diffusion_operator.explicit_step(self.sigma_max, SSP_COEFFICIENT)
+        if self.transport_speed > 0:
+            step = 1.0 / (1.0 / self.dt + 1.0 / dt_diff)
+        else:
+            step = min(self.dt, dt_diff)
+        if self.comm.rank == 0:
+            logger.warning(
+                "explicit time stepping of the noise: the step is capped by the explicit "
+                "diffusion bound 2 C / (sigma |M^-1 A|) = %.3g (sigma = %g) to %.3g (step "
+                "without noise %.3g); the default IMEX stepping (ts_type arkimex) has no such "
+                "bound",
+                dt_diff,
+                self.sigma_max,
+                step,
+                self.dt,
+            )
+        return step
+
+    def _set_sigma(self, a: float, b: float) -> None:
+        """The diffusion coefficient of the interval ``(a, b)`` between two events."""
+        self._sigma = float(self.model.on_interval(a, b).diffusivity(0.5 * (a + b)))
+
+    @staticmethod
+    def _save_segment(grid: TimeGrid, k: int) -> int:
+        """The event index of the ``k``-th save time."""
+        return int(np.flatnonzero(grid.is_save)[k])
+
+    def _record_free_energy(self, run: _Run, w: np.ndarray, log_energy: float) -> None:
+        """Append the entropy ``int rho log rho`` and the free energy ``sigma S - E`` of the
+        density with quadrature weights ``w`` (all points, every rank)."""
+        if run.point_weights is None:
+            run.point_weights = self._gather_cloud(self.cloud.weights)
+        pos = w > 0
+        entropy = float(np.sum(w[pos] * np.log(w[pos] / run.point_weights[pos])))
+        with np.errstate(over="ignore"):
+            e = float(np.exp(log_energy)) if np.isfinite(log_energy) else np.nan
+        run.rec["entropy"].append(entropy)
+        run.rec["free"].append(self._sigma * entropy - e)
 
     def _check_restart(self, state: FieldState, grid: TimeGrid) -> None:
         if not isinstance(state, FieldState):
             raise TypeError(f"restart must be a FieldState, got {type(state).__name__}")
         if state.dt != self.dt:
             raise CheckpointError(
-                f"the checkpoint's CFL step {state.dt!r} differs from this solver's {self.dt!r} "
-                "(a different mesh, model, degree or cfl?)"
+                f"the checkpoint's time step (CFL step or dt) {state.dt!r} differs from this "
+                f"solver's {self.dt!r} "
+                "(a different mesh, model, degree, cfl or dt?)"
             )
         if state.t_final != grid.t_final or not np.array_equal(state.save_times, grid.save_times):
             raise CheckpointError("the checkpoint was made with other t_final or save_times")
@@ -518,7 +765,7 @@ class MeanFieldSolver:
             # state of its own: a state there would not resume bitwise. Checkpoint only where
             # the TS holds the CFL step (or the interval is complete), else a step or two later.
             done = ts.getTime() >= run.grid.events[run.segment]
-            if ts.getTimeStep() == self.dt or done:
+            if ts.getTimeStep() == run.dt or done:
                 run.on_checkpoint(self._state(ts, x, run))
                 run.next_checkpoint = (step // run.every + 1) * run.every
 
@@ -561,9 +808,10 @@ class MeanFieldSolver:
         rec["min"].append(self.comm.allreduce(local_min, op=MPI.MIN))
         if run.energy:
             pts = self._gather_cloud(self.cloud.points)
-            rec["energy"].append(self.model.log_energy(Cloud(pts, np.maximum(w, 0.0))))
+            rec["energy"].append(self._energy_term.log_energy(Cloud(pts, np.maximum(w, 0.0))))
         else:
             rec["energy"].append(np.nan)
+        self._record_free_energy(run, w, rec["energy"][-1])
         if run.every:
             dofs = self.global_dofs(root=0)
             if dofs is not None:
@@ -611,15 +859,42 @@ class _Run:
     """The state of one call of :meth:`MeanFieldSolver.solve` (nothing of it outlives it)."""
 
     grid: TimeGrid
+    dt: float
     energy: bool
     every: int
     on_checkpoint: Callable[[FieldState], None] | None
     progress: Callable[[float, int], None] | None
     next_checkpoint: int
     segment: int = 0
+    ts_type: str = ""
+    point_weights: np.ndarray | None = None
     m0: float = 0.0
     wall0: float = 0.0
     start: float = 0.0
     rec: dict[str, list] = field(
-        default_factory=lambda: {k: [] for k in ("t", "mass", "energy", "min", "w", "dofs")}
+        default_factory=lambda: {
+            k: [] for k in ("t", "mass", "energy", "min", "w", "dofs", "entropy", "free")
+        }
     )
+
+
+def _max_diffusivity(model: Dynamics) -> float:
+    """The largest diffusion coefficient of ``model`` over time (one value per piece)."""
+    b = sorted(model.breakpoints)
+    times = [0.0, *(0.5 * (x + y) for x, y in itertools.pairwise(b))]
+    if b:
+        times += [0.5 * b[0], b[-1] + 1.0]
+    return max(float(model.diffusivity(t)) for t in times)
+
+
+def _energy_term(model: Dynamics) -> Dynamics | None:
+    """The dynamics whose interaction energy the solver records: the model itself when it
+    has one, else its one non-diffusion term (``SelfAttention(...) + Diffusion(s)``) when
+    that has one; ``None`` otherwise (NaN records)."""
+    if model.has_energy:
+        return model
+    rest = {id(t): t for t in model.terms(None) if not isinstance(t, Diffusion)}
+    if len(rest) == 1 and not model.breakpoints:
+        (term,) = rest.values()
+        return term if term.has_energy else None
+    return None

@@ -7,6 +7,28 @@ the time the TS reads them, and removed again afterwards with ``try/finally`` (F
 Options that were already in the database (e.g. given on the command line) are restored to
 their value; the solver's defaults (``ts_type ssp``, ``ts_ssp_type rks3``,
 ``ts_ssp_num_stages 4``: SSPRK(4,3), third order, SSP coefficient 2) give way to both.
+
+With noise (``Dynamics.noisy``) the defaults are :data:`DEFAULT_IMEX_OPTIONS`: PETSc's additive
+Runge–Kutta IMEX ``arkimex`` with the diffusion implicit and the transport explicit, of type
+``1bee``. Its tableau (implicit ``A~``, explicit ``A``, weights ``b`` for both)
+
+    A~ = [[1, 0, 0], [0, 1/2, 0], [0, 1/2, 1/2]],  A = [[0, 0, 0], [0, 0, 0], [0, 1/2, 0]],
+    b = (0, 1/2, 1/2)
+
+makes the step the composition ``E(h/2) I(h/2) E(h/2) I(h/2)`` of forward Euler transport
+half steps ``E`` and backward Euler diffusion half steps ``I = (1 + (h/2) sigma B)^{-1}`` (the
+first stage, a full backward Euler step, only feeds PETSc's error estimate). Every factor keeps
+``rho >= 0`` for DG0: ``E`` under the forward Euler CFL bound (so the step may be twice it:
+:data:`IMEX_CFL_COEFFICIENT`), ``I`` for any step because ``M + tau sigma A`` is an M-matrix.
+It is first order in time and L-stable. No IMEX Runge–Kutta scheme of order > 1 keeps
+positivity for every ``sigma dt / h^2`` (the implicit part would have to be an unconditionally
+positive Runge–Kutta method, and those are first order, Bolley–Crouzeix 1978); the
+higher-order ARKIMEX types (``ts_arkimex_type 2e``, ``3``, ``4``, ...) are available through
+the options, accurate to their order, with ``min_density`` recorded to show what they do.
+The adaptive step is switched off (``ts_adapt_type none``): the step is the transport CFL step.
+The implicit stages are linear: ``snes_type ksponly`` and a direct solve (``ksp_type preonly``,
+``pc_type lu`` with MUMPS, which the PETSc wheel has and which runs on any number of ranks);
+any KSP/PC can be chosen through the options (e.g. ``ksp_type cg``... keys without prefix).
 """
 
 from __future__ import annotations
@@ -17,7 +39,14 @@ from typing import Any
 
 from petsc4py import PETSc
 
-__all__ = ["DEFAULT_TS_OPTIONS", "SSP_COEFFICIENT", "inserted_options"]
+__all__ = [
+    "DEFAULT_IMEX_OPTIONS",
+    "DEFAULT_TS_OPTIONS",
+    "EXPLICIT_TS_TYPES",
+    "IMEX_CFL_COEFFICIENT",
+    "SSP_COEFFICIENT",
+    "inserted_options",
+]
 
 #: The default explicit SSP Runge–Kutta scheme: SSPRK(4,3).
 DEFAULT_TS_OPTIONS: dict[str, str] = {
@@ -27,6 +56,25 @@ DEFAULT_TS_OPTIONS: dict[str, str] = {
 }
 #: SSP coefficient of SSPRK(4,3) (the CFL step is multiplied by it).
 SSP_COEFFICIENT = 2.0
+
+#: The default time stepping of noisy dynamics: ARKIMEX 1BEE, fixed step, one direct linear
+#: solve per implicit stage (module docstring).
+DEFAULT_IMEX_OPTIONS: dict[str, str] = {
+    "ts_type": "arkimex",
+    "ts_arkimex_type": "1bee",
+    "ts_adapt_type": "none",
+    "snes_type": "ksponly",
+    "ksp_type": "preonly",
+    "pc_type": "lu",
+    "pc_factor_mat_solver_type": "mumps",
+}
+#: The transport step of ARKIMEX 1BEE is two forward Euler half steps: the CFL step is
+#: multiplied by 2, as for SSPRK(4,3).
+IMEX_CFL_COEFFICIENT = 2.0
+
+#: Explicit TS types: with noise they integrate the diffusion explicitly too, under the
+#: explicit diffusion step bound (the solver caps its step and says so).
+EXPLICIT_TS_TYPES = ("ssp", "rk", "euler")
 
 
 def _value(v: Any) -> str | None:
