@@ -262,7 +262,7 @@ def test_import_loads_no_dolfinx_petsc_or_mpi(tmp_path):
 
 WHEEL_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import importlib.metadata, json, os, subprocess, sys
     import numpy as np
     import attnflow
     from attnflow import meshdata
@@ -270,11 +270,22 @@ WHEEL_SCRIPT = textwrap.dedent(
     ref = meshdata.icosphere(3)
     from attnflow.fem import sphere_mesh
     mesh = sphere_mesh(3)
+    # A tiny particle run and the version (package, metadata, command) of the installed wheel.
+    sol = attnflow.simulate(
+        attnflow.SelfAttention(2, beta=4.0), attnflow.UniformSphere(2).sample(64, rng=0), 1.0,
+        dt=0.1,
+    )
+    script = os.path.join(os.path.dirname(sys.executable), "attnflow")  # the console script
+    cli = subprocess.run([script, "--version"], capture_output=True, text=True, check=True)
+    cli = cli.stdout.strip()
     print(json.dumps({
         "file": attnflow.__file__,
         "mesh_dir": str(meshdata.MESH_DIR),
         "same": bool(points.tobytes() == ref[0].tobytes() and cells.tobytes() == ref[1].tobytes()),
         "cells": int(mesh.topology.index_map(2).size_global),
+        "status": sol.status.name,
+        "on_sphere": float(np.abs(np.linalg.norm(sol.final, axis=1) - 1).max()),
+        "version": [attnflow.__version__, importlib.metadata.version("attnflow"), cli],
     }))
     """
 )
@@ -289,7 +300,7 @@ def test_an_installed_wheel_finds_the_meshes(tmp_path):
         src / "src",
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
     )
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     dist = tmp_path / "dist"
     env = _clean_env(XDG_CACHE_HOME=str(tmp_path / "xdg"))
@@ -310,7 +321,10 @@ def test_an_installed_wheel_finds_the_meshes(tmp_path):
             check=True,
             **run,
         ).stdout.strip()
-        z.extractall(site)
+    # pip installs the wheel (files, metadata, the `attnflow` console script) into the venv.
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps"]
+    out = subprocess.run([*pip, "--no-index", "-q", str(wheel)], cwd=tmp_path, **run)
+    assert out.returncode == 0, out.stderr
     # The dependencies (numpy, dolfinx, ...) from this interpreter's site-packages, appended to
     # sys.path as a plain directory: its .pth files (the editable install) are not processed.
     Path(site, "zz_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
@@ -327,4 +341,7 @@ def test_an_installed_wheel_finds_the_meshes(tmp_path):
     assert not installed.is_relative_to(ROOT / "src")
     assert Path(info["mesh_dir"]).resolve().is_relative_to(Path(site).resolve())
     assert info["same"] and info["cells"] == 20 * 4**3
+    assert info["status"] == "SUCCESS" and info["on_sphere"] < 1e-12
+    v = attnflow.__version__
+    assert info["version"] == [v, v, f"attnflow {v}"]
     assert not (tmp_path / "xdg").exists()  # the shipped file was read: nothing generated
