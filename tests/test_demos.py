@@ -17,6 +17,7 @@ DEMOS = [
     "demo_circle_clustering.py",
     "demo_cluster_counts.py",
     "demo_depth_models.py",
+    "demo_lost_in_the_middle.py",
     "demo_convergence.py",
     "demo_gaussian_euclidean.py",
     "demo_low_temperature.py",
