@@ -8,6 +8,11 @@ finite element solver with its options (:func:`build_fem_solver`), the particle 
 method (:func:`particle_method`), and the metrics that depend on the geometry
 (:func:`geometry`, :func:`clusters_fn`, :func:`histogram_fn`).
 
+Noise (``model.noise = sigma > 0``) is the term ``+ attnflow.Diffusion(sigma)`` of the dynamics;
+a causal model (``model.causal = true``) is a ``SelfAttention(..., causal=True, alibi=lam)``
+or an :class:`attnflow.causal.CausalInteraction`, whose finite element solver is
+:class:`attnflow.fem.CausalSolver` (``fem.slices`` slices in the position ``s``).
+
 The functions that need dolfinx (mesh, kernel, solver) import it when called, so the
 configuration checks, which build the model, density and law, need numpy and scipy only.
 """
@@ -15,6 +20,7 @@ configuration checks, which build the model, density and law, need numpy and sci
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +28,8 @@ import numpy as np
 from attnflow import laws, metrics
 from attnflow.app.config.expressions import compile_expression
 from attnflow.app.config.schema import PerceptronTerm
+from attnflow.causal.particles import CausalInteraction
+from attnflow.diffusion import Diffusion
 from attnflow.dynamics import Dynamics, Piecewise
 from attnflow.model import MultiHead, SelfAttention
 from attnflow.particles import RK4, Euler
@@ -37,6 +45,7 @@ __all__ = [
     "build_mesh",
     "build_model",
     "clusters_fn",
+    "energy_model",
     "geometry",
     "histogram_fn",
     "initial_density",
@@ -65,7 +74,7 @@ def build_head(head: ModelSection | AttentionTerm, d: int, sphere: bool) -> Self
     )
 
 
-def build_model(model: ModelSection) -> Dynamics:
+def build_model(model: ModelSection) -> Dynamics | CausalInteraction:
     """The dynamics of ``[model]``, ``[[terms]]`` and ``[[controls]]``.
 
     The attention heads (``[model]``'s unless ``attention = "none"``, then the attention
@@ -73,9 +82,18 @@ def build_model(model: ModelSection) -> Dynamics:
     :class:`~attnflow.MultiHead`; then come the perceptron terms (:class:`~attnflow.Perceptron`)
     in their order and the controls (an :class:`~attnflow.Piecewise` of width-one perceptrons
     switching at the controls' start times), summed with ``+``. Without terms and controls
-    this is the :class:`~attnflow.SelfAttention` of ``[model]``, as before.
+    this is the :class:`~attnflow.SelfAttention` of ``[model]``, as before. With
+    ``model.noise = sigma > 0`` the term :class:`~attnflow.Diffusion` ``(sigma)`` is added last.
+
+    A causal model is one head: ``SelfAttention(..., causal=True, alibi=model.alibi)``
+    (``form = "softmax"``) or ``CausalInteraction(d, beta, alibi, rescale=rescale_usa)``
+    (``form = "interaction"``).
     """
     d, sphere = model.d, model.sphere
+    if model.interaction:
+        return CausalInteraction(d, model.beta, model.alibi, rescale=model.rescale_usa)
+    if model.causal:
+        return replace(build_head(model, d, sphere), causal=True, alibi=model.alibi)
     heads = [build_head(h, d, sphere) for _, h in model.heads()]
     parts: list[Dynamics] = []
     if len(heads) == 1 and model.output is None:
@@ -90,10 +108,20 @@ def build_model(model: ModelSection) -> Dynamics:
         parts.append(Piecewise([c.start for c in model.controls[1:]], pieces))
     if not parts:
         raise ValueError("the dynamics is empty (no attention head, term or control)")
+    if model.noise > 0:
+        parts.append(Diffusion(model.noise))
     out = parts[0]
     for p in parts[1:]:
         out = out + p
     return out
+
+
+def energy_model(model: ModelSection) -> Any:
+    """The dynamics whose interaction energy a run records: that of ``[model]`` without its
+    noise (the energy ``E`` of the attention head; a noisy run's free energy is
+    ``sigma int rho log rho - E``). Check ``has_energy`` before using it (causal models have
+    none)."""
+    return build_model(replace(model, noise=0.0))
 
 
 def _named_law(initial: InitialSection, d: int) -> laws.Law:
@@ -174,7 +202,23 @@ def build_kernel(cfg: Config) -> Any:
 
 
 def build_fem_solver(cfg: Config, comm: Any) -> Any:
-    """The :class:`~attnflow.fem.MeanFieldSolver` of a configuration (collective on ``comm``)."""
+    """The :class:`~attnflow.fem.MeanFieldSolver` of a configuration (collective on ``comm``);
+    for a causal model the :class:`~attnflow.fem.CausalSolver` with ``fem.slices`` slices (the
+    same initial density in every slice)."""
+    if cfg.model.causal:
+        from attnflow.fem import CausalSolver
+
+        return CausalSolver(
+            build_model(cfg.model),
+            build_mesh(cfg, comm),
+            initial_density(cfg.initial, cfg.model.d),
+            n_slices=cfg.fem.slices,
+            degree=cfg.fem.degree,
+            kernel=build_kernel(cfg),
+            cfl=cfg.fem.cfl,
+            quadrature_degree=cfg.fem.quadrature_degree,
+            normalize=cfg.initial.normalize,
+        )
     from attnflow.fem import MeanFieldSolver
 
     return MeanFieldSolver(

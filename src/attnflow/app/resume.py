@@ -98,11 +98,12 @@ def _checkpoint_problem(path: Path, problem: dict[str, Any]) -> str | None:
 
 
 def _loads(path: Path) -> str | None:
-    """``None`` if ``path`` is a readable solution file, else why not."""
-    from attnflow.solutions import load_solution
+    """``None`` if ``path`` is a readable solution file (a causal run's finite element result is
+    a kinetic solution), else why not."""
+    from attnflow.app.runner import load_result
 
     try:
-        load_solution(path)
+        load_result(path)
     except Exception as e:  # a damaged archive fails in many ways (zip, zlib, keys, values)
         return f"{path.name} cannot be read ({type(e).__name__})"
     return None

@@ -23,6 +23,18 @@ them and a resume can verify what it reuses. The objects of a run are made by
 
 A run whose solutions are not finite (a solver's status, or NaN/inf energies) is not
 ``complete``: its summary says ``"non-finite"`` and the command exits with status 1.
+
+Noise (``model.noise = sigma``): both solvers run the noisy dynamics (the particles draw their
+Brownian increments from the run's seed stream, ``particles.seed``); the summary records
+``sigma`` and the finite element free energy. A causal model (``model.causal = true``) runs
+the kinetic solver :class:`attnflow.fem.CausalSolver` (``fem_solution.npz`` then holds a
+:class:`~attnflow.fem.causal.KineticSolution`; ``fem/density.xdmf`` one series per slice and,
+on S^1, ``fem/kinetic.pvd`` the density on the cylinder (cos theta, sin theta, s)) and the
+prompts :func:`attnflow.causal.prompt_ensemble` (``particles.runs`` prompts of ``particles.n``
+tokens); neither writes checkpoints. Their comparison is the W1 distance per slice (S^1), and
+on S^1 the retrieval correlation of the prompts (:func:`attnflow.causal.correlation_mc`, with
+the closed form :func:`attnflow.causal.correlation_kernel` of the interaction form) is
+recorded; the figure shows the (s, angle) densities (:mod:`attnflow.app.figures`).
 """
 
 from __future__ import annotations
@@ -43,7 +55,7 @@ import attnflow
 from attnflow.app import build, summaries
 from attnflow.app.checkpoint import CheckpointWriter, read_checkpoint, select_checkpoint
 from attnflow.app.config import Config
-from attnflow.app.figures import summary_figure
+from attnflow.app.figures import causal_figure, summary_figure
 from attnflow.app.logs import Progress
 from attnflow.app.manifest import Manifest
 from attnflow.app.resume import record_problem
@@ -52,7 +64,7 @@ from attnflow.particles import ensemble
 from attnflow.solutions import EnsembleSolution, FieldSolution
 from attnflow.states import CheckpointError
 
-__all__ = ["RUN_FILES", "execute", "versions"]
+__all__ = ["RUN_FILES", "execute", "load_result", "versions"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,11 +197,13 @@ def _run_fem(
     result = run_dir / RUN_FILES["fem"]
     if resume and result.exists():
         logger.info("finite elements: done before (%s)", result.name)
-        return FieldSolution.load(result), {"reused": True}
+        return load_result(result), {"reused": True}
     start = time.perf_counter()
     if solver is None:
         solver = build.build_fem_solver(cfg, comm)
     setup = time.perf_counter() - start
+    if cfg.model.causal:
+        return _run_kinetic(cfg, run_dir, comm, solver, setup, quiet=quiet, manifest=manifest)
     restart, writer = _checkpointing(
         cfg, run_dir, "fem", comm, resume=resume, text=text, manifest=manifest
     )
@@ -230,9 +244,99 @@ def _run_fem(
     return sol, info
 
 
+def load_result(path: Path) -> Any:
+    """The finite element result of a run directory: a :class:`FieldSolution`, or the
+    :class:`~attnflow.fem.causal.KineticSolution` of a causal run."""
+    with np.load(path, allow_pickle=False) as z:
+        kind = str(z["kind"]) if "kind" in z.files else ""
+    if kind == "kinetic":
+        from attnflow.fem.causal import KineticSolution
+
+        return KineticSolution.load(path)
+    return FieldSolution.load(path)
+
+
+def _run_kinetic(cfg: Config, run_dir: Path, comm, solver, setup: float, *, quiet: bool, manifest):
+    """The causal finite element phase: :meth:`attnflow.fem.CausalSolver.solve` (no
+    checkpoints: an unfinished phase is rerun by a resume)."""
+    result = run_dir / RUN_FILES["fem"]
+    if manifest is not None and cfg.output.paraview:
+        manifest.pending(run_dir / "fem", tree=True)
+    logger.info(
+        "kinetic finite elements: %d slices x %d cells, DG%d, %s form, lambda=%g, dt=%.4g, "
+        "set-up %.2fs",
+        solver.n_slices,
+        solver.order.n_cells_global,
+        cfg.fem.degree,
+        solver.form,
+        solver.lam,
+        solver.dt,
+        setup,
+    )
+    with Progress(cfg.time.t_final, "fem", enabled=comm.rank == 0 and not quiet) as bar:
+        sol = solver.solve(
+            cfg.time.t_final,
+            cfg.time.save_times,
+            output_dir=run_dir / "fem" if cfg.output.paraview else None,
+            progress=bar.update,
+        )
+    if manifest is not None:
+        if cfg.output.paraview:
+            manifest.record(run_dir / "fem")
+        manifest.pending(result)
+        sol.save(result)
+        manifest.record(result)
+    info = {
+        **_writer_info(None, None),
+        "setup_seconds": setup,
+        "n_cells": solver.order.n_cells_global,
+        "n_dofs": solver.order.n_cells_global * solver.cloud.cell_dofs.shape[1],
+    }
+    return sol, info
+
+
+def _run_prompts(cfg: Config, run_dir: Path, comm, *, resume: bool, manifest):
+    """The causal particle phase: ``particles.runs`` iid prompts of ``particles.n`` tokens
+    (:func:`attnflow.causal.prompt_ensemble`; no checkpoints, no progress bar)."""
+    from attnflow.causal import prompt_ensemble
+
+    result = run_dir / RUN_FILES["particles"]
+    if resume and result.exists():
+        logger.info("particles: done before (%s)", result.name)
+        return EnsembleSolution.load(result), {"reused": True}
+    p = cfg.particles
+    logger.info(
+        "causal particles: %d prompt(s) of %d tokens, dt=%g, %s, on %d rank(s)",
+        p.runs,
+        p.n,
+        p.dt,
+        p.method,
+        comm.size,
+    )
+    ens = prompt_ensemble(
+        build.build_model(cfg.model),
+        p.n,
+        p.runs,
+        cfg.time.t_final,
+        dt=p.dt,
+        seed=p.seed,
+        law=build.initial_law(cfg.initial, cfg.model.d, cfg.model.sphere),
+        save_times=cfg.time.save_times,
+        method=build.particle_method(cfg),
+        comm=comm,
+    )
+    if manifest is not None:
+        manifest.pending(result)
+        ens.save(result)
+        manifest.record(result)
+    return ens, _writer_info(None, None)
+
+
 def _run_particles(
     cfg: Config, run_dir: Path, comm, *, resume: bool, quiet: bool, text: str, manifest
 ):
+    if cfg.model.causal:
+        return _run_prompts(cfg, run_dir, comm, resume=resume, manifest=manifest)
     result = run_dir / RUN_FILES["particles"]
     if resume and result.exists():
         logger.info("particles: done before (%s)", result.name)
@@ -242,11 +346,12 @@ def _run_particles(
         cfg, run_dir, "particles", comm, resume=resume, text=text, manifest=manifest
     )
     logger.info(
-        "particles: %d run(s) of %d tokens, dt=%g, %s, on %d rank(s)",
+        "particles: %d run(s) of %d tokens, dt=%g, %s%s, on %d rank(s)",
         p.runs,
         p.n,
         p.dt,
         p.method,
+        f", noise sigma={cfg.model.noise:g} (seed {p.seed})" if cfg.model.noise else "",
         comm.size,
     )
     with Progress(cfg.time.t_final, "particles", enabled=comm.rank == 0 and not quiet) as bar:
@@ -320,11 +425,13 @@ def execute(
     text = cfg.to_toml()
     timings: dict[str, float] = {}
     fem = ens = cmp = energy = None
-    model = build.build_model(cfg.model)
+    causal = cfg.model.causal
+    model = build.energy_model(cfg.model)  # the energy E (a noisy run's is without the noise)
     summary: dict[str, Any] = {
         "status": "running",
         "name": cfg.run.name,
         "solvers": list(cfg.run.solvers),
+        "sigma": cfg.model.noise,
         "ranks": comm.size,
         "resumed": bool(resume),
         "config": RUN_FILES["config"],
@@ -344,9 +451,11 @@ def execute(
             solver=fem_solver,
         )
         timings["fem"] = time.perf_counter() - s
-        summary["fem"] = (
-            {**info, **summaries.fem_summary(cfg, fem, info)} if comm.rank == 0 else info
-        )
+        if comm.rank == 0:
+            what = summaries.kinetic_summary if causal else summaries.fem_summary
+            summary["fem"] = {**info, **what(cfg, fem, info)}
+        else:
+            summary["fem"] = info
     if cfg.run.particles:
         s = time.perf_counter()
         ens, info = _run_particles(
@@ -357,7 +466,11 @@ def execute(
             energy = summaries.particle_log_energy(model, ens)
             summary["particles"] = {**info, **summaries.particle_summary(cfg, ens, energy)}
     if comm.rank == 0:
-        if fem is not None and ens is not None:
+        if causal:
+            s = time.perf_counter()
+            summary.update(summaries.causal_summary(cfg, fem, ens))
+            timings["compare"] = time.perf_counter() - s
+        elif fem is not None and ens is not None:
             s = time.perf_counter()
             cmp = _compare(cfg, model, fem, ens)
             timings["compare"] = time.perf_counter() - s
@@ -382,15 +495,19 @@ def execute(
                 files.append(f"{name}.pvd")
         if cfg.output.figures:
             manifest.pending(run_dir / "figures", tree=True)
-            fig = summary_figure(
-                cfg, run_dir / "figures", fem, ens, cmp, particle_log_energy=energy
-            )
+            if causal:
+                fig = causal_figure(cfg, run_dir / "figures", fem, ens, summary)
+            else:
+                fig = summary_figure(
+                    cfg, run_dir / "figures", fem, ens, cmp, particle_log_energy=energy
+                )
             manifest.record(run_dir / "figures")
             if fig is not None:
                 files.append(str(fig.relative_to(run_dir)))
         timings["output"] = time.perf_counter() - s
         if fem is not None and cfg.output.paraview:
-            files += [f"fem/{p.name}" for p in sorted((run_dir / "fem").glob("density.*"))]
+            names = ("density.*", "kinetic.pvd") if causal else ("density.*",)
+            files += [f"fem/{p.name}" for n in names for p in sorted((run_dir / "fem").glob(n))]
         timings["total"] = time.perf_counter() - t0
         summary["timings"] = timings
         summary["checkpoint"] = {
@@ -411,7 +528,7 @@ def execute(
             run_dir / RUN_FILES["summary"], json.dumps(summaries.jsonable(summary), indent=2) + "\n"
         )
         manifest.record(run_dir / RUN_FILES["summary"])
-        if fem is not None:
+        if fem is not None and not causal:
             logger.info(
                 "finite elements: mass drift %.2e, log E %.6g -> %.6g",
                 summary["fem"]["mass_drift"],

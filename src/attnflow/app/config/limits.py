@@ -13,6 +13,12 @@ largest over the controls' pieces) against :func:`attnflow.resources.max_steps`
 head whose field must overflow float64 (:meth:`attnflow.SelfAttention.check_finite_field`)
 is refused naming its ``beta`` (``model.beta``, ``terms[i].beta``). Every refusal is one
 :class:`~attnflow.app.config.values.ConfigError` line naming the key.
+
+A causal model: the particle prompts are estimated by :func:`attnflow.causal.prompt_memory`
+(``particles.runs`` prompts of ``particles.n`` tokens), the kinetic finite element run as a
+finite element run with ``fem.slices`` times the saves (the slices share one kernel
+operator), its step from the speed bound of the causal field (``beta e^beta`` for the
+interaction form).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ def check_model_overflow(model: ModelSection, radius: float | None) -> None:
     (``None``: unknown, checked by the solvers once the tokens exist), naming the head's key
     (``model.beta`` or ``terms[i].beta``); with an output matrix the heads' value matrices
     include it."""
-    if radius is None:
+    if radius is None or model.causal:  # causal: checked when the model is built
         return
     from attnflow.app.build import build_model
     from attnflow.model import SelfAttention
@@ -86,7 +92,11 @@ def fem_step_estimate(cfg: Config, counts) -> float:
     from attnflow.app.build import build_model
 
     radius = 1.0 if cfg.model.sphere else float(cfg.mesh.length or 1.0) * math.sqrt(cfg.model.d)
-    speed = build_model(cfg.model).speed_bound(radius)
+    model = build_model(cfg.model)
+    if cfg.model.interaction:  # beta times the USA field of a mixture: beta e^beta (rescaled: beta)
+        speed = model.speed_bound()
+    else:
+        speed = model.speed_bound(radius)
     dg = 1.0 if cfg.fem.degree == 0 else 1.0 / (counts.tdim + 1)
     return cfg.fem.cfl * dg * counts.h / (2.0 * counts.tdim) / max(speed, 1e-300)
 
@@ -99,14 +109,19 @@ def _particles(cfg: Config, ranks: int, budget: int) -> None:
         key = "time.t_final" if t.t_final > 1e6 else "particles.dt"
         raise ConfigError(key, str(e)) from None
     n_save = len(t.save_times)
-    need = resources.ensemble_memory(
-        p.n,
-        cfg.model.d,
-        n_save,
-        p.runs,
-        stages=4 if p.method == "rk4" else 1,
-        ranks=ranks,
-    )
+    if cfg.model.causal:
+        from attnflow.causal import prompt_memory
+
+        need = prompt_memory(p.n, cfg.model.d, n_save, p.runs, ranks=ranks)
+    else:
+        need = resources.ensemble_memory(
+            p.n,
+            cfg.model.d,
+            n_save,
+            p.runs,
+            stages=4 if p.method == "rk4" else 1,
+            ranks=ranks,
+        )
     scale = {"particles.n": p.n / 1000, "particles.runs": p.runs, "time.save_times": n_save / 2}
     key = max(scale, key=lambda k: scale[k])
     what = f"{p.runs} particle run(s) of {p.n} tokens in d={cfg.model.d} with {n_save} saves"
@@ -129,7 +144,12 @@ def _fem(cfg: Config, ranks: int, budget: int, arrays) -> None:
     kernel = f.kernel if f.kernel in ("dense", "sparse", "recomputed") else "recomputed"
     kept = 1.0
     model = build_model(cfg.model)
-    heads = [t for t in model.terms() if isinstance(t, KernelTerm)]
+    if cfg.model.causal:  # one kernel operator; every slice is recorded at every save
+        n_save *= f.slices
+        key = "fem.slices" if f.slices > counts.n_cells else key
+        heads = [] if cfg.model.interaction else [model]
+    else:
+        heads = [t for t in model.terms() if isinstance(t, KernelTerm)]
     if kernel == "sparse" and heads:
         kept = max(resources.sparse_kept_fraction(t, f.tol, counts.h) for t in heads)
     need = resources.fem_memory(

@@ -334,6 +334,7 @@ def parse_config(
             "cfl": lambda k, v: check_float(k, v, gt=0, le=1),
             "quadrature_degree": lambda k, v: check_int(k, v, 1, 20),
             "energy": check_bool,
+            "slices": lambda k, v: check_int(k, v, 1, 4096),
         },
     )
     particles = _parse_simple(
@@ -367,6 +368,7 @@ def parse_config(
         CheckpointSection,
         {"every": lambda k, v: check_int(k, v, 0), "keep": lambda k, v: check_int(k, v, 1)},
     )
+    _check_causal_run(raw, model, run, ck)
     sweep = None
     if "sweep" in raw:
         sweep = _parse_sweep(raw)
@@ -382,6 +384,30 @@ def parse_config(
             except ConfigError as e:
                 raise ConfigError(e.key, f"{e.message} (sweep.values[{i}] = {show(v)})") from None
     return cfg
+
+
+def _check_causal_run(raw, model: ModelSection, run: RunSection, ck: CheckpointSection) -> None:
+    """What a causal model needs of the rest: ``fem.slices`` only for it; the kinetic finite
+    element solver on the sphere; no checkpoints (the causal solvers have none)."""
+    fem = raw.get("fem", {})
+    if not model.causal:
+        if "slices" in fem:
+            raise ConfigError(
+                "fem.slices", "is for causal models (model.causal = true): the slices in s"
+            )
+        return
+    if run.fem and not model.sphere:
+        raise ConfigError(
+            "model.space",
+            'must be "sphere" for causal finite elements (the kinetic solver works on S^1, '
+            'S^2); causal softmax attention in R^d runs with run.solvers = ["particles"]',
+        )
+    if ck.every:
+        raise ConfigError(
+            "checkpoint.every",
+            "must be 0 with model.causal = true: the causal solvers write no checkpoints (a "
+            "resume reruns an unfinished phase)",
+        )
 
 
 def _parse_sweep(raw) -> SweepSection:

@@ -19,11 +19,13 @@ from attnflow.app.config.tomlio import dumps_toml
 __all__ = [
     "ARRAYS",
     "ATTENTIONS",
+    "CAUSAL_FORMS",
     "CONTROL_KEYS",
     "HEAD_KEYS",
     "INITIAL_COMMON",
     "INITIAL_KEYS",
     "INITIAL_TYPES",
+    "INTERACTION_KEYS",
     "KERNELS",
     "MESH_TYPES",
     "METHODS",
@@ -64,6 +66,12 @@ INITIAL_TYPES = (
 KERNELS = ("dense", "sparse", "recomputed")
 #: ``particles.method`` values.
 METHODS = ("rk4", "euler")
+#: ``model.form`` values of a causal model (``model.causal = true``): causal softmax attention
+#: (:class:`attnflow.SelfAttention` with ``causal=True``) or the interaction form of the
+#: lost-in-the-middle model (:class:`attnflow.causal.CausalInteraction`).
+CAUSAL_FORMS = ("softmax", "interaction")
+#: The keys of ``[model]`` with ``form = "interaction"``.
+INTERACTION_KEYS = ("d", "space", "beta", "causal", "alibi", "form", "rescale_usa")
 
 #: Keys of each initial density type (besides ``type``, ``normalize``, ``half_width``, ``bound``).
 INITIAL_KEYS: dict[str, tuple[str, ...]] = {
@@ -106,11 +114,15 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "rescale_usa",
         "centered",
         "output",
+        "noise",
+        "causal",
+        "alibi",
+        "form",
     ),
     "mesh": ("type", "cells", "level", "length", "path"),
     "initial": INITIAL_COMMON + tuple(k for ks in INITIAL_KEYS.values() for k in ks),
     "time": ("t_final", "save_times", "n_saves", "save_every"),
-    "fem": ("degree", "kernel", "tol", "cfl", "quadrature_degree", "energy"),
+    "fem": ("degree", "kernel", "tol", "cfl", "quadrature_degree", "energy", "slices"),
     "particles": ("n", "runs", "dt", "seed", "method"),
     "compare": ("l1", "clusters"),
     "output": ("directory", "paraview", "figures", "particle_runs"),
@@ -179,8 +191,13 @@ class ModelSection:
 
     The attention head of ``[model]`` (:class:`attnflow.SelfAttention`; none with
     ``attention = "none"``), the further ``terms`` (attention heads and perceptrons, in the
-    order given), the piecewise-constant ``controls``, and the heads' ``output`` matrix. Built
-    by :func:`attnflow.app.build.build_model`.
+    order given), the piecewise-constant ``controls``, the heads' ``output`` matrix and the
+    ``noise`` (the diffusion coefficient sigma >= 0 of an :class:`attnflow.Diffusion` term).
+    A ``causal`` model is one head and nothing else: causal softmax attention with the ALiBi
+    slope ``alibi`` (``form = "softmax"``) or the interaction form of the lost-in-the-middle
+    model (``form = "interaction"``, :class:`attnflow.causal.CausalInteraction`; ``attention``
+    is then ``"USA"``: the kernel is not normalised, and ``rescale_usa`` is its ``rescale``).
+    Built by :func:`attnflow.app.build.build_model`.
     """
 
     d: int
@@ -195,6 +212,15 @@ class ModelSection:
     output: tuple | None = None
     terms: tuple[AttentionTerm | PerceptronTerm, ...] = ()
     controls: tuple[Control, ...] = ()
+    noise: float = 0.0
+    causal: bool = False
+    alibi: float = 0.0
+    form: str = "softmax"
+
+    @property
+    def interaction(self) -> bool:
+        """The causal interaction form (:class:`attnflow.causal.CausalInteraction`)."""
+        return self.causal and self.form == "interaction"
 
     @property
     def sphere(self) -> bool:
@@ -258,6 +284,7 @@ class FemSection:
     cfl: float = 0.9
     quadrature_degree: int = 4
     energy: bool = True
+    slices: int = 32
 
 
 @dataclass(frozen=True)
@@ -329,10 +356,18 @@ class Config:
         mat = _matrix
 
         model: dict[str, Any] = {"d": m.d, "space": m.space, "attention": m.attention}
-        if m.attention != "none":
+        if m.interaction:
+            model = {"d": m.d, "space": m.space, "beta": m.beta, "rescale_usa": m.rescale_usa}
+        elif m.attention != "none":
             model.update(_head(m))
         if m.output is not None:
             model["output"] = mat(m.output)
+        # The keys added with noise and causal attention are written when they are used, so
+        # that the problem of a run made before them (resume, checkpoints) is unchanged.
+        if m.noise:
+            model["noise"] = m.noise
+        if m.causal:
+            model.update(causal=True, alibi=m.alibi, form=m.form)
         out: dict[str, Any] = {
             "run": {"solvers": list(self.run.solvers), "name": self.run.name},
             "model": model,
@@ -368,6 +403,8 @@ class Config:
         out["time"] = {"t_final": self.time.t_final, "save_times": list(self.time.save_times)}
         if self.run.fem:
             out["fem"] = _fields(self.fem)
+            if not m.causal:  # the slices of the kinetic solver only
+                del out["fem"]["slices"]
         if self.run.particles:
             out["particles"] = _fields(self.particles)
         if self.run.fem and self.run.particles:

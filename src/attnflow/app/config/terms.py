@@ -5,7 +5,9 @@ head there), the further terms (``[[terms]]``: attention heads, which form a
 :class:`attnflow.MultiHead` with the optional ``model.output`` matrix, and perceptrons,
 :class:`attnflow.Perceptron`) and the piecewise-constant controls (``[[controls]]``: width-one
 fields ``w s(a . x + b)`` switched at their ``start`` times, an :class:`attnflow.Piecewise`)
-into one :class:`~attnflow.app.config.schema.ModelSection`. Every problem is one
+and the keys of noise (``noise``: an :class:`attnflow.Diffusion` term) and causal attention
+(``causal``, ``alibi``, ``form``; :func:`_causal`) into one
+:class:`~attnflow.app.config.schema.ModelSection`. Every problem is one
 :class:`~attnflow.app.config.values.ConfigError` line naming the key, e.g.
 ``terms[2].A: must have shape (m, d) = (3, 2), got (2, 2)``. :func:`check_model_times` checks
 the controls' start times against ``time.t_final`` and infinite ``beta`` (hardmax) against the
@@ -21,6 +23,8 @@ from typing import Any
 from attnflow.app.config.schema import (
     ARRAYS,
     ATTENTIONS,
+    CAUSAL_FORMS,
+    INTERACTION_KEYS,
     SECTIONS,
     TERM_KEYS,
     AttentionTerm,
@@ -123,6 +127,52 @@ def _controls(raw: Mapping[str, Any], d: int) -> tuple[Control, ...]:
     return tuple(out)
 
 
+def _causal(t: Table, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The causal keys of ``[model]`` (``causal``, ``alibi``, ``form``), checked against the
+    rest: ``alibi`` and ``form`` need ``causal = true``; a causal model is one head (no
+    ``[[terms]]``, ``[[controls]]``, ``output``), without noise, with a finite ``beta``;
+    ``form = "softmax"`` needs ``attention = "SA"`` (:class:`attnflow.SelfAttention` with
+    ``causal=True``: softmax over the tokens ``k <= j``), ``form = "interaction"``
+    (:class:`attnflow.causal.CausalInteraction`, ``Q = K = V = I``) takes only the keys
+    :data:`INTERACTION_KEYS` and tokens on the sphere."""
+    causal = check_bool(t.key("causal"), t.get("causal", False))
+    if not causal:
+        for k in ("alibi", "form"):
+            if t.has(k):
+                raise ConfigError(t.key(k), "needs model.causal = true (causal attention)")
+        return {}
+    alibi = check_float(t.key("alibi"), t.get("alibi", 0.0), ge=0)
+    form = check_choice(t.key("form"), t.get("form", "softmax"), CAUSAL_FORMS)
+    why = "a causal model is one attention head (the causal solvers run one causal model)"
+    if t.get("attention", "SA") == "none":
+        raise ConfigError(
+            t.key("causal"), f'needs an attention head, not attention = "none" ({why})'
+        )
+    for name in ("terms", "controls"):
+        if raw.get(name):
+            raise ConfigError(name, f"not allowed with model.causal = true ({why})")
+    if t.has("output"):
+        raise ConfigError(t.key("output"), f"not allowed with model.causal = true ({why})")
+    if t.has("noise") and t.get("noise") != 0:
+        raise ConfigError(
+            t.key("noise"), "must be 0 with model.causal = true (the causal solvers have no noise)"
+        )
+    if form == "interaction":
+        t.only(INTERACTION_KEYS, 'with model.form = "interaction" (Q = K = V = I, unnormalised)')
+        if t.get("space", "sphere") != "sphere":
+            raise ConfigError(
+                t.key("space"), 'must be "sphere" with model.form = "interaction" (S^(d-1))'
+            )
+    elif t.get("attention", "SA") != "SA":
+        raise ConfigError(
+            t.key("attention"),
+            f'must be "SA" with model.causal = true and form = "softmax" (causal softmax '
+            f'attention), got {show(t.get("attention"))}; form = "interaction" is the '
+            "unnormalised causal model",
+        )
+    return {"causal": True, "alibi": alibi, "form": form}
+
+
 def parse_model(raw: Mapping[str, Any]) -> ModelSection:
     """``[model]``, ``[[terms]]`` and ``[[controls]]`` of a raw configuration, checked (and
     built once: anything the library objects reject is reported too)."""
@@ -133,17 +183,29 @@ def parse_model(raw: Mapping[str, Any]) -> ModelSection:
     d = check_int(t.key("d"), t.get("d", hint="the dimension of the ambient space"), 1, 64)
     if space == "sphere" and d < 2:
         raise ConfigError(t.key("d"), f"must be >= 2 on the sphere (S^(d-1)), got {d}")
-    if t.get("attention", "SA") == "none":
-        t.only(("d", "space", "attention", "output"), 'with model.attention = "none"')
-        head: dict[str, Any] = {"attention": "none"}
+    causal = _causal(t, raw)
+    noise = check_float(t.key("noise"), t.get("noise", 0.0), ge=0)
+    if causal.get("form") == "interaction":
+        beta = _beta(t)
+        if math.isinf(beta):
+            raise ConfigError(t.key("beta"), "must be finite with model.causal = true")
+        rescale = check_bool(t.key("rescale_usa"), t.get("rescale_usa", False))
+        head: dict[str, Any] = {"beta": beta, "attention": "USA", "rescale_usa": rescale}
+    elif t.get("attention", "SA") == "none":
+        t.only(("d", "space", "attention", "output", "noise"), 'with model.attention = "none"')
+        head = {"attention": "none"}
     else:
         head = _head(t, d, ATTENTIONS)
+        if causal and math.isinf(head["beta"]):
+            raise ConfigError(t.key("beta"), "must be finite with model.causal = true")
     output = None
     if t.has("output"):
         output = check_matrix(t.key("output"), t.get("output"), d, allow_identity=True)
         output = output or tuple(tuple(float(i == j) for j in range(d)) for i in range(d))
     terms, controls = _terms(raw, d), _controls(raw, d)
-    m = ModelSection(d, space=space, output=output, terms=terms, controls=controls, **head)
+    m = ModelSection(
+        d, space=space, output=output, terms=terms, controls=controls, noise=noise, **causal, **head
+    )
     if output is not None and not m.heads():
         raise ConfigError(t.key("output"), "needs an attention head ([model] or [[terms]])")
     if not m.heads() and not terms and not controls:
@@ -153,6 +215,9 @@ def parse_model(raw: Mapping[str, Any]) -> ModelSection:
     try:
         build.build_model(m)
     except (TypeError, ValueError) as e:  # anything the model itself rejects
+        if m.interaction and "beta" in str(e):  # CausalInteraction: beta e^beta overflows
+            msg = str(e).replace("rescale=True", "model.rescale_usa = true")
+            raise ConfigError(t.key("beta"), msg) from None
         raise ConfigError("model", str(e)) from None
     return m
 
