@@ -73,12 +73,17 @@ def _sphere_noise(x: np.ndarray, h: float, sigma: float, z: np.ndarray) -> np.nd
     # The corrected geodesic step of the module docstring (exact in law on S^1).
     d = x.shape[-1]
     s = sigma * h
-    xi = _sphere_project(x, z) * np.sqrt(2.0 * s / (1.0 + (d - 2) * s / 3.0))
+    c = np.sqrt(2.0 * s / (1.0 + (d - 2) * s / 3.0))
+    xi = x * (-c * np.einsum("...i,...i->...", x, z))[..., None]
+    xi += c * z  # xi = c P_x z
     r = np.sqrt(np.einsum("...i,...i->...", xi, xi))
     safe = np.where(r > 0.0, r, 1.0)
     sinc = np.where(r > 0.0, np.sin(r) / safe, 1.0)  # sin(r)/r, continuous at r = 0
-    y = np.cos(r)[..., None] * x + sinc[..., None] * xi
-    return _sphere_retract(y)  # |y| = 1 up to round-off: put it on the sphere exactly
+    y = x * np.cos(r)[..., None]
+    y += xi * sinc[..., None]
+    # |y| = 1 up to round-off: put it on the sphere exactly.
+    y /= np.sqrt(np.einsum("...i,...i->...", y, y))[..., None]
+    return y
 
 
 def sphere() -> Geometry:

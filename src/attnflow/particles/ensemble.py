@@ -30,6 +30,7 @@ from attnflow.model import check_causal
 from attnflow.particles.integrate import RK4, Euler
 from attnflow.particles.stepping import (
     check_restart,
+    interval_drift_free,
     interval_sigmas,
     march,
     noise_stats,
@@ -94,9 +95,10 @@ def ensemble(
     checkpoints, restarts, progress or kernel choices); a sum holding a causal term is refused.
 
     Returns an :class:`~attnflow.solutions.EnsembleSolution` (identical on every rank and for
-    any rank count); ``stats`` holds ``steps``, ``rhs_evaluations`` (per run: steps × stages),
-    ``wall_time``, ``dt``, ``method``, ``ranks``, ``seed`` and ``noise`` (``None``, or the
-    scheme, the ``sigma`` of each interval between events and the weak order).
+    any rank count); ``stats`` holds ``steps``, ``rhs_evaluations`` (per run: steps with a
+    drift × stages), ``wall_time``, ``dt``, ``method``, ``ranks``, ``seed`` and ``noise``
+    (``None``, or the scheme, the ``sigma`` of each interval between events and the weak
+    order).
     """
     if check_causal(model):  # token order matters: the causal particle solver
         from attnflow.causal.particles import ensemble_causal
@@ -133,6 +135,7 @@ def ensemble(
     ts = grid.save_times
     every = check_every(checkpoint_every, on_checkpoint)
     sigmas = interval_sigmas(model, grid)
+    drift_free = interval_drift_free(model, grid)
     noisy = any(s > 0 for s in sigmas)
     # Steps, memory and USA overflow, before anything is allocated (attnflow.resources).
     check_particle_run(
@@ -195,6 +198,7 @@ def ensemble(
         segment_step0, wall0 = restart.segment_step, restart.wall_time
 
     active: dict[str, Any] = {"k": -1, "dyn": model}
+    counts = {"drift_steps": step0}  # a restart's earlier steps are counted as drift steps
 
     def field(y: np.ndarray, t: float) -> np.ndarray:
         return active["dyn"].evaluate(y, Cloud(y, w), t, kernel=plan)
@@ -203,10 +207,12 @@ def ensemble(
         if active["k"] != k:  # the dynamics of this interval between events
             active["k"], active["dyn"] = k, model.on_interval(*grid.segment(k))
         sigma = sigmas[k]
+        drift = None if drift_free[k] else (lambda y: method.step(field, y, t, h))
+        counts["drift_steps"] += drift is not None
         for r in mine:
             if status[r] is Status.SUCCESS:
                 z = gens[r].standard_normal((2, n_particles, d)) if sigma > 0 else None
-                xs[r] = split_step(geo, lambda y: method.step(field, y, t, h), xs[r], h, sigma, z)
+                xs[r] = split_step(geo, drift, xs[r], h, sigma, z)
 
     def record(j: int) -> bool:
         for r in mine:
@@ -285,7 +291,7 @@ def ensemble(
     x = np.stack([runs[r][0][:n_saved] for r in range(n_runs)])
     stats = {
         "steps": int(n_steps),
-        "rhs_evaluations": int(n_steps) * method.stages,
+        "rhs_evaluations": int(counts["drift_steps"]) * method.stages,
         "wall_time": wall0 + time.perf_counter() - start,
         "dt": dt,
         "method": type(method).__name__,

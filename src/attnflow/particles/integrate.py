@@ -74,6 +74,7 @@ from attnflow.particles.stepping import (
     as_generator,
     blocks,
     check_restart,
+    interval_drift_free,
     interval_sigmas,
     march,
     noise_stats,
@@ -208,6 +209,7 @@ def simulate(
     every = check_every(checkpoint_every, on_checkpoint)
     gen = as_generator(rng)
     sigmas = interval_sigmas(model, grid)
+    drift_free = interval_drift_free(model, grid)
     noisy = any(s > 0 for s in sigmas)
     if noisy and gen is None and restart is None:
         raise ValueError(
@@ -286,7 +288,8 @@ def simulate(
         sigma = sigmas[k]
         # All tokens' normals on every rank (the same stream for any number of ranks).
         z = gen.standard_normal((2, n, model.d))[:, lo:hi] if sigma > 0 else None
-        run["x"] = split_step(geo, lambda y: method.step(field, y, t, h), run["x"], h, sigma, z)
+        drift = None if drift_free[k] else (lambda y: method.step(field, y, t, h))
+        run["x"] = split_step(geo, drift, run["x"], h, sigma, z)
 
     def record(j: int) -> bool:
         saved.append(gather(run["x"]))

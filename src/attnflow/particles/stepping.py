@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from attnflow.diffusion import Diffusion
 from attnflow.geometry import Geometry
 from attnflow.states import CheckpointError, ParticleState
 from attnflow.timegrid import TimeGrid
@@ -26,6 +27,7 @@ __all__ = [
     "as_generator",
     "blocks",
     "check_restart",
+    "interval_drift_free",
     "interval_sigmas",
     "march",
     "noise_stats",
@@ -64,6 +66,17 @@ def interval_sigmas(model: Any, grid: TimeGrid) -> list[float]:
     return out
 
 
+def interval_drift_free(model: Any, grid: TimeGrid) -> list[bool]:
+    """Whether the dynamics of each interval between the events of ``grid`` has no drift (its
+    terms are all :class:`~attnflow.Diffusion`): the step is then the Brownian step alone."""
+    out = []
+    for k in range(grid.events.size):
+        a, b = grid.segment(k)
+        terms = model.on_interval(a, b).terms(0.5 * (a + b))
+        out.append(all(isinstance(term, Diffusion) for term in terms))
+    return out
+
+
 def noise_stats(sigmas: list[float], method_order: int) -> dict[str, Any] | None:
     """``stats["noise"]``: the scheme, the sigma of each interval and the weak order (2 with a
     drift method of order >= 2, else the method's); ``None`` for a deterministic run."""
@@ -74,7 +87,7 @@ def noise_stats(sigmas: list[float], method_order: int) -> dict[str, Any] | None
 
 def split_step(
     geo: Geometry,
-    drift_step: Callable[[np.ndarray], np.ndarray],
+    drift_step: Callable[[np.ndarray], np.ndarray] | None,
     x: np.ndarray,
     h: float,
     sigma: float,
@@ -84,12 +97,14 @@ def split_step(
 
     ``x <- noise_{h/2}(retract(drift_step(noise_{h/2}(x))))`` with the Brownian steps of
     ``geo.noise`` driven by ``z[0]`` and ``z[1]`` (each of the shape of ``x``); with
-    ``sigma == 0`` (or ``z`` None) the deterministic step ``retract(drift_step(x))``.
+    ``sigma == 0`` (or ``z`` None) the deterministic step ``retract(drift_step(x))``. A
+    ``drift_step`` of ``None`` means no drift (pure Brownian motion): the two half steps only.
     """
     if sigma == 0.0 or z is None:
-        return geo.retract(drift_step(x))
+        return x.copy() if drift_step is None else geo.retract(drift_step(x))
     y = geo.noise(x, 0.5 * h, sigma, z[0])
-    y = geo.retract(drift_step(y))
+    if drift_step is not None:
+        y = geo.retract(drift_step(y))
     return geo.noise(y, 0.5 * h, sigma, z[1])
 
 
