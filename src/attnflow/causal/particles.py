@@ -330,8 +330,6 @@ def _integrate(
         status[lo : lo + len(idx)] = bad
         parts.append(state["saved"])
     local = np.concatenate(parts) if parts else np.zeros((0, ts.size, n, d))
-    if np.any(status):
-        logger.warning("%s: %d prompt(s) reached non-finite positions", what, int(status.sum()))
     if comm is None:
         x_all, bad_all = local, status
     else:
@@ -343,6 +341,8 @@ def _integrate(
             bad_all[ids] = st
         steps = max(comm.allgather(steps))
     wall = time.perf_counter() - start
+    if rank == 0 and np.any(bad_all):
+        logger.warning("%s: %d prompt(s) reached non-finite positions", what, int(bad_all.sum()))
     if rank == 0:
         logger.info(
             "%s: %d prompts of %d tokens, %d steps on %d rank(s) in %.3g s",
