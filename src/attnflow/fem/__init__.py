@@ -12,10 +12,18 @@ from attnflow.fem.kernel_operator import (
 )
 from attnflow.fem.meshes import box_mesh, circle_mesh, icosphere, sphere_mesh
 from attnflow.fem.solver import MeanFieldSolver
+from attnflow.fem.stationary import (
+    Branch,
+    StationaryProblem,
+    StationaryState,
+    continuation,
+    stationary_state,
+)
 from attnflow.fem.velocity import NodalVelocity
 from attnflow.solutions import FieldSolution
 
 __all__ = [
+    "Branch",
     "CausalSolver",
     "DenseKernel",
     "FieldSolution",
@@ -24,9 +32,13 @@ __all__ = [
     "NodalVelocity",
     "RecomputedKernel",
     "SparseKernel",
+    "StationaryProblem",
+    "StationaryState",
     "box_mesh",
     "circle_mesh",
+    "continuation",
     "deposit",
     "icosphere",
     "sphere_mesh",
+    "stationary_state",
 ]
