@@ -288,22 +288,28 @@ plt.close(fig)
 
 # ## (5) The kinetic equation beyond the linear regime
 #
-# Every slice starts from $(1 + 0.2\cos 3\theta)/2\pi$; `CausalInteraction(..., rescale=True)`
+# Every slice starts from $(1 + 0.9\cos 3\theta)/2\pi$; `CausalInteraction(..., rescale=True)`
 # (the field times $e^{-\beta}$, time in units of $e^{\beta}$) at $\beta = 4$. Slice 0 attends
 # to nothing and keeps its law; later slices feel the growing mode 3 of all earlier ones and
-# cluster. The image shows $f(t, s, \theta)$ (rows: $\theta$, columns: $s$) at several times;
-# the solver writes the slices to `kinetic/density.xdmf` and the whole $(s, \theta)$ density on
-# the cylinder $(\cos\theta, \sin\theta, s)$ to `kinetic/kinetic.pvd` (ParaView). Particles
-# ($N = n_s M$ tokens, the first token of every block of $M$ standing for a slice, over many
-# prompts) against the slices: $W_1$ per slice.
+# cluster, the more so the later they are. The image shows $f(t, s, \theta)$ (rows: $\theta$,
+# columns: $s$) at several times; the solver writes the slices to `kinetic/density.xdmf` and the
+# whole $(s, \theta)$ density on the cylinder $(\cos\theta, \sin\theta, s)$ to
+# `kinetic/kinetic.pvd` (ParaView).
+#
+# Particles: $N = n_s M$ tokens per prompt; the first token of every block of $M$ sees exactly
+# the slice weights, so its law over the prompts is compared with its slice ($W_1$ on the
+# circle, with the $W_1$ of as many exact samples of the slice as the sampling floor). The
+# instability also amplifies the prompts' own fluctuations, $e^{a_n t}/\sqrt N$ against the
+# initial $0.45$: the agreement improves only slowly with $N$ (measured at $n_s = 8$, $t = 3$:
+# $W_1 \approx 0.24, 0.13, 0.14$ at $s = 0.75$ for $N = 16, 64, 256$).
 
 # +
 beta_nl = 4.0
 model_nl = causal.CausalInteraction(2, beta_nl, lam, rescale=True)
-law = af.PerturbedCircle(0.2, 3)
+law = af.PerturbedCircle(0.9, 3)
 n_s_nl = 8 if args.small else 16
 cells_nl = 64 if args.small else 256
-t_nl = 5.0 if args.small else 8.0
+t_nl = 3.0
 saves = np.linspace(0.0, t_nl, 5)
 solver = CausalSolver(model_nl, circle_mesh(cells_nl, comm), law, n_slices=n_s_nl, degree=0)
 ks = solver.solve(t_nl, save_times=saves, output_dir=args.output / "kinetic")
@@ -338,7 +344,7 @@ if root:
 plt.close(fig)
 
 m_block = 4 if args.small else 8
-n_prompts_nl = 100 if args.small else 1000
+n_prompts_nl = 100 if args.small else 500
 ens_nl = causal.prompt_ensemble(
     model_nl,
     n_s_nl * m_block,
