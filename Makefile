@@ -8,7 +8,7 @@ DEMO_OUT ?= demos/output
 MPIENV  := OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 MPIRUN  := timeout 2400 $(VENV)/bin/mpiexec -n $(NPROCS)
 
-.PHONY: venv demo demos test test-serial test-mpi lint format bench clean
+.PHONY: venv demo demos test test-serial test-mpi test-docs docs lint format bench clean
 
 venv: $(STAMP)
 
@@ -20,16 +20,17 @@ $(STAMP): pyproject.toml
 	  "$$python" -m venv $(VENV); \
 	fi
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[all]"
+	$(PY) -m pip install -q -e ".[all,docs]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) demos/demo_circle_clustering.py --output $(DEMO_OUT)/circle_clustering
 
-test: test-serial test-mpi
+test: test-serial test-mpi test-docs
 
+# The site's browser test runs in test-docs, on the site `make docs` has just built.
 test-serial: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/test_docs_site.py
 
 test-mpi: $(STAMP)
 	$(MPIENV) $(MPIRUN) sh -c '$(PY) -m pytest -q -p no:cacheprovider --with-mpi \
@@ -41,6 +42,17 @@ test-mpi: $(STAMP)
 	  echo "mpiexec -n $(NPROCS) $$d --small"; \
 	  $(MPIENV) $(MPIRUN) $(PY) $$d --small --output $$out/$$(basename $$d .py); \
 	done; rm -rf $$out
+
+# The documentation site: Sphinx + MyST, warnings as errors; the gallery runs every demo with
+# --small (outputs kept in docs/_build/gallery and reused while demo and sources are unchanged).
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: open docs/_build/html/index.html"
+
+# Opens the fresh build in headless Chromium (Debian's chromium + chromium-driver).
+test-docs: docs
+	ATTNFLOW_DOCS_HTML=$(CURDIR)/docs/_build/html $(PY) -m pytest -q -p no:cacheprovider \
+	  tests/test_docs_site.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests demos benchmarks
@@ -56,4 +68,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/low_temperature.py
 
 clean:
-	rm -rf $(VENV) demos/output
+	rm -rf $(VENV) demos/output docs/_build docs/api docs/demos
