@@ -71,6 +71,7 @@ from attnflow.fem.transport import facet_measures
 
 __all__ = [
     "DiffusionOperator",
+    "StageSolves",
     "block_diagonal_matrix",
     "diffusion_matrix",
     "sipg_form",
@@ -179,7 +180,8 @@ def two_point_transmissibilities(
         local = np.argmax(c2f_arr[c] == facets[:, None], axis=1)
         opposite = 1 - local if tdim == 1 else local
         d[:, side] = _circumcentre_distances(xg[nodes[c]], opposite)
-    return cells, area / d.sum(axis=1), d
+    with np.errstate(divide="ignore"):  # d = 0 on non-admissible meshes (refused by callers)
+        return cells, area / d.sum(axis=1), d
 
 
 def _coo_matrix(comm, n_local: int, n_global: int, rows, cols, vals) -> PETSc.Mat:
@@ -283,6 +285,8 @@ class DiffusionOperator:
         self.spectral_bound = float(self.B.norm(PETSc.NormType.INFINITY))
         self._J: PETSc.Mat | None = None
         self._key: tuple[float, float] | None = None
+        #: The ``(shift, sigma)`` of the current implicit stage (:class:`StageSolves`).
+        self.stage = (1.0, 0.0)
 
     def explicit_step(self, sigma: float, c: float) -> float:
         """The largest step of an explicit scheme with forward-Euler coefficient ``c`` for
@@ -316,3 +320,58 @@ class DiffusionOperator:
         for m in (self.A, self.M_inv, self.B, self._J):
             if m is not None:
                 m.destroy()
+
+
+class StageSolves:
+    """A PETSc ``python`` preconditioner that solves ``(shift I + sigma B) y = x`` exactly,
+    with one LU factorisation (MUMPS, any number of ranks) per ``(shift, sigma)``.
+
+    An IMEX scheme whose implicit stages have different diagonal coefficients (ARKIMEX
+    1BEE: ``1`` and ``1/2``) would refactor the stage matrix at every stage; this keeps the
+    factorisations of the last ``max_cached`` pairs (two for 1BEE with a fixed step). The
+    current pair is ``operator.stage``, set by the solver's IJacobian. With ``ksp_type
+    preonly`` the stage solve is then a pair of triangular solves.
+    """
+
+    def __init__(self, operator: DiffusionOperator, max_cached: int = 4) -> None:
+        self.operator = operator
+        self.max_cached = int(max_cached)
+        self._solvers: dict[tuple[float, float], tuple[PETSc.KSP, PETSc.Mat]] = {}
+        #: Factorisations made so far.
+        self.factorisations = 0
+
+    def _solver(self, key: tuple[float, float]) -> PETSc.KSP:
+        hit = self._solvers.pop(key, None)
+        if hit is None:
+            if len(self._solvers) >= self.max_cached:  # drop the least recently used
+                old = next(iter(self._solvers))
+                for obj in self._solvers.pop(old):
+                    obj.destroy()
+            J = self.operator.B.duplicate(copy=True)
+            J.scale(key[1])
+            J.shift(key[0])
+            ksp = PETSc.KSP().create(comm=J.getComm())
+            ksp.setOperators(J)
+            ksp.setType(PETSc.KSP.Type.PREONLY)
+            pc = ksp.getPC()
+            pc.setType(PETSc.PC.Type.LU)
+            pc.setFactorSolverType("mumps")
+            ksp.setUp()
+            self.factorisations += 1
+            hit = (ksp, J)
+        self._solvers[key] = hit  # most recently used last
+        return hit[0]
+
+    def setUp(self, pc: PETSc.PC) -> None:
+        """Nothing to set up: the factorisations are made on first use."""
+
+    def apply(self, pc: PETSc.PC, x: PETSc.Vec, y: PETSc.Vec) -> None:
+        """``y = (shift I + sigma B)^{-1} x`` for the current stage; collective."""
+        self._solver(self.operator.stage).solve(x, y)
+
+    def destroy(self, pc: PETSc.PC | None = None) -> None:
+        """Free the factorisations."""
+        for ksp, J in self._solvers.values():
+            ksp.destroy()
+            J.destroy()
+        self._solvers.clear()
