@@ -31,10 +31,12 @@ the retraction gives the same first order, ``E(1 + |xi|^2)^{-1/2} = 1 - sigma (d
 O(tau^2)``, but its ``O(tau^2)`` term is wrong: weak order 1).
 
 Strang splitting with free steps of local weak error ``O(h^3)`` and a drift step of order
-``>= 2`` is of weak order 2; with :class:`Euler` it is of weak order 1. Observed (tests,
-``tests/particles/test_noise.py``): free Brownian motion, ``E<x_t, x_0> = e^{-sigma (d-1) t}``
-exact at any step on ``S^1`` and with error ``O(h^2)`` on ``S^2``, ``S^4``; see
-``docs/noise_particles.md`` for the table.
+``>= 2`` is of weak order 2; with :class:`Euler` it is of weak order 1. Observed
+(``tests/particles/test_noise.py``, free Brownian motion, ``sigma = 1``, 10^6 tokens): on
+``S^1`` ``E<x_t, x_0> = e^{-sigma t}`` at any step (exact); on ``S^4`` (``t = 0.5``) the errors
+-0.0175, -0.0043 (+-0.0004) at ``h = 0.5, 0.25`` give the order 2.03, and they equal the
+scheme's own expectation (quadrature of ``E cos r``); the uncorrected step (``b = 1``) would
+err by -0.087, -0.038 (order 1). Table in ``docs/noise_particles.md``.
 
 Random numbers: every step draws ``(2, N, d)`` standard normals from the run's generator (also
 with ``comm``: every rank draws the normals of all tokens from the same generator and uses its
