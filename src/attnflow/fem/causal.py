@@ -448,11 +448,12 @@ class CausalSolver:
         #: (n_dofs,) int phi_l of every owned dof (mass = cell_volume @ dofs).
         self.cell_volume = np.zeros(self.n_dofs)
         self.cell_volume[q.cell_dofs] = mass_matrices.sum(axis=2)
-        self._f0 = self._initial(f0_fn, bool(normalize))
+        #: (n_s, n_dofs) the initial slices' owned dofs (every solve starts from them).
+        self.initial_dofs = self._initial(f0_fn, bool(normalize))
         radius = self.comm.allreduce(
             float(np.max(np.linalg.norm(mesh.geometry.x, axis=1))), op=MPI.MAX
         )
-        masses = self.slice_masses(self._f0)
+        masses = self.slice_masses(self.initial_dofs)
         check_field_overflow(term, radius, float(masses.max()))
         self.kernel_plan = plan_kernels(
             term,
@@ -513,8 +514,10 @@ class CausalSolver:
     # -- evaluation --------------------------------------------------------------------------
     def slice_masses(self, slices: np.ndarray) -> np.ndarray:
         """(n_s,) global masses of the owned slice dofs ``slices`` (n_s, n_dofs); collective."""
-        local = np.asarray(slices)[:, : self.n_dofs] @ self.cell_volume
-        return self.comm.allreduce(local)
+        local = np.ascontiguousarray(np.asarray(slices)[:, : self.n_dofs] @ self.cell_volume)
+        out = np.empty_like(local)
+        self.comm.Allreduce(local, out, op=MPI.SUM)
+        return out
 
     def rhs(self, ts, t, x: PETSc.Vec, f: PETSc.Vec) -> None:
         """``f = M^{-1} F_i`` for every slice ``i`` of ``x`` (PETSc TS signature)."""
@@ -592,7 +595,7 @@ class CausalSolver:
                 (self.n_slices * self.n_dofs, PETSc.DETERMINE), comm=self.comm
             )
             stack.callback(x.destroy)
-            x.array[:] = self._f0.reshape(-1)
+            x.array[:] = self.initial_dofs.reshape(-1)
             ts = PETSc.TS().create(comm=self.comm)
             stack.callback(ts.destroy)
             ts.setOptionsPrefix(self.petsc_options_prefix)
@@ -680,7 +683,9 @@ class CausalSolver:
         rec["t"].append(float(t))
         rec["mass"].append(self.slice_masses(slices))
         local_min = dens.min(axis=(1, 2)) if dens.size else np.full(self.n_slices, np.inf)
-        rec["min"].append(self.comm.allreduce(local_min, op=MPI.MIN))
+        low = np.empty_like(local_min)
+        self.comm.Allreduce(np.ascontiguousarray(local_min), low, op=MPI.MIN)
+        rec["min"].append(low)
         rec["w"].append(self.order.gather_points(w.T, q.n_q).T)
 
     # -- output ------------------------------------------------------------------------------
