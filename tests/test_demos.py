@@ -21,6 +21,7 @@ DEMOS = [
     "demo_convergence.py",
     "demo_gaussian_euclidean.py",
     "demo_low_temperature.py",
+    "demo_noise_phase_transition.py",
     "demo_normalizing_flow.py",
     "demo_perceptron_sphere.py",
     "demo_sphere_clustering.py",
