@@ -1,5 +1,9 @@
 """Noise-driven phase transitions of self-attention on the sphere: theory and a spectral reference.
 
+(One idea: the stationary equation ``rho = e^{Phi[rho]/(beta sigma)}/Z`` of the noisy mean-field
+equation — its linearisation at the uniform state, its amplitude expansion there, and its
+numerical solution by collocation, which checks both.)
+
 The model (Q = K = V = I on ``S^{d-1}``, density ``rho`` w.r.t. the surface measure, unit mass):
 
     d_t rho + div(rho X[rho]) = sigma Delta rho,
