@@ -270,3 +270,29 @@ def test_noisy_run_on_all_ranks_equals_serial(tmp_path_factory):
     serial = build.build_fem_solver(cfg, MPI.COMM_SELF).solve(cfg.time.t_final, cfg.time.save_times)
     np.testing.assert_allclose(fem.weights, serial.weights, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(fem.free_energy, serial.free_energy, rtol=1e-12)
+
+
+@SERIAL
+def test_sweep_over_the_noise_writes_the_order_parameters(tmp_path):
+    """``attnflow sweep`` over model.noise (the phase-transition study), particles only: one
+    point per sigma, the final order parameter of every point in summary.csv."""
+    from attnflow.app.cli import main
+
+    cfg = tmp_path / "s.toml"
+    text = EXAMPLE.read_text().replace('solvers = ["fem", "particles"]', 'solvers = ["particles"]')
+    cfg.write_text(text + '\n[sweep]\nparameter = "model.noise"\nvalues = [0.05, 0.5]\n')
+    out = tmp_path / "sweep"
+    small = ["particles.n=64", "particles.runs=1", "time.t_final=1.0", "time.save_every=1.0"]
+    small += ["checkpoint.every=0", "output.figures=false", "output.paraview=false"]
+    assert (
+        main(["sweep", str(cfg), "-o", str(out), "-q", *[a for s in small for a in ("--set", s)]])
+        == 0
+    )
+    rows = (out / "summary.csv").read_text().splitlines()
+    head = rows[0].split(",")
+    assert head[:3] == ["point", "model.noise", "status"] and len(rows) == 3
+    col = head.index("particles_order_parameter_final_mean")
+    for row, sigma in zip(rows[1:], (0.05, 0.5), strict=True):
+        cells = row.split(",")
+        assert float(cells[1]) == sigma and cells[2] == "complete"
+        assert 0 < float(cells[col]) < 1

@@ -4,7 +4,9 @@ A sweep configuration is a run configuration with a ``[sweep]`` table (``paramet
 key, and its ``values``), read by :func:`sweep_table`. :func:`sweep_points` expands it into one
 validated configuration per value, each with its own run directory (:func:`point_name`) under
 the sweep's directory; :func:`write_summary_csv` writes ``summary.csv``, one row per point
-(:func:`csv_row`).
+(:func:`csv_row`): among others the final order parameter ``|int x rho|`` of both solvers and
+the finite element free energy, the quantities of a phase-transition sweep over
+``model.noise``.
 """
 
 from __future__ import annotations
@@ -107,6 +109,9 @@ CSV_COLUMNS = (
     "particles_clusters_final_mean",
     "w1_final_mean",
     "w1_final_sd",
+    "fem_free_energy_final",
+    "fem_order_parameter_final",
+    "particles_order_parameter_final_mean",
     "seconds",
     "directory",
 )
@@ -129,9 +134,17 @@ def csv_row(i: int, value: Any, summary: dict, directory: Path) -> dict[str, Any
         "particles_clusters_final_mean": par.get("clusters_final_mean"),
         "w1_final_mean": cmp.get("w1_final_mean"),
         "w1_final_sd": cmp.get("w1_final_sd"),
+        "fem_free_energy_final": fem.get("free_energy_final"),
+        "fem_order_parameter_final": _scalar(fem.get("order_parameter_final")),
+        "particles_order_parameter_final_mean": par.get("order_parameter_final_mean"),
         "seconds": summary.get("timings", {}).get("total"),
         "directory": directory.name,
     }
+
+
+def _scalar(v: Any) -> Any:
+    """A number for the table (a causal run's per-slice list: its last slice)."""
+    return v[-1] if isinstance(v, list) and v else v
 
 
 def write_summary_csv(path: str | Path, parameter: str, rows: list[dict]) -> None:
