@@ -247,8 +247,8 @@ plt.close(fig)
 
 # +
 n_s = 8 if args.small else 16
-cells = 64 if args.small else 128
-sources = [1, n_s // 2] if args.small else [1, n_s // 4, n_s // 2, 3 * n_s // 4]
+cells = 48 if args.small else 128
+sources = [n_s // 2] if args.small else [1, n_s // 4, n_s // 2, 3 * n_s // 4]
 eps = 1e-3
 t_lin = 0.5 * tc
 mesh = circle_mesh(cells, comm)
@@ -308,7 +308,7 @@ beta_nl = 4.0
 model_nl = causal.CausalInteraction(2, beta_nl, lam, rescale=True)
 law = af.PerturbedCircle(0.9, 3)
 n_s_nl = 8 if args.small else 16
-cells_nl = 64 if args.small else 256
+cells_nl = 48 if args.small else 256
 t_nl = 3.0
 saves = np.linspace(0.0, t_nl, 5)
 solver = CausalSolver(model_nl, circle_mesh(cells_nl, comm), law, n_slices=n_s_nl, degree=0)
