@@ -126,50 +126,74 @@ if comm.rank == 0:
 # ## Noisy particles on both sides of the hysteresis loop
 #
 # USA at $\beta = 4$ and $\sigma$ between $\sigma_c$ and the fold $\sigma_f$: the uniform state
-# and the clustered state are both stable. Particles started uniform stay spread out; particles
-# started clustered stay on the predicted clustered profile.
+# and the clustered state are both stable, separated by the unstable branch. Particles started
+# clustered stay on the predicted clustered profile. Particles started uniform fluctuate about
+# the uniform state: it is only weakly stable (mode 1 decays at $\sigma_c - \sigma$), so with
+# $N$ tokens the mode-1 amplitude fluctuates by about $(\sigma / (N |\sigma_c - \sigma|))^{1/2}$,
+# and a fluctuation that reaches the unstable branch sends the ensemble to the clustered state
+# (the metastability of a first-order transition: the larger $N$, the rarer).
 
 label_h = cases[1][0]
 beta_h = cases[1][1]
 sc_h = pt.critical_noise(beta_h, normalized=False)
 (m_fold, s_fold) = ref[label_h].folds()[0]
-sigma_h = 0.5 * (sc_h + s_fold)
+sigma_h = sc_h + 0.75 * (s_fold - sc_h)
+m_unstable = float(
+    np.interp(
+        sigma_h,
+        ref[label_h].sigma[ref[label_h].amplitude < m_fold],
+        ref[label_h].amplitude[ref[label_h].amplitude < m_fold],
+    )
+)
 prof = pt.spectral_stationary_state(beta_h, sigma_h, normalized=False, n=129, guess=0.8)
 noisy = af.SelfAttention(2, beta=beta_h, normalized=False) + af.Diffusion(sigma_h)
 rng = np.random.default_rng(5)
 th_u = rng.uniform(0, 2 * np.pi, n_tokens)
 x_uniform = np.stack([np.cos(th_u), np.sin(th_u)], axis=1)
 x_cluster = af.VonMisesFisher([1.0, 0.0], 4.0).sample(n_tokens, rng=6)
-save = np.linspace(0, t_particles, 7)
+save = np.linspace(0, t_particles, 25)
 runs = {}
 for name, x0, seed in (("from uniform", x_uniform, 11), ("from cluster", x_cluster, 12)):
     runs[name] = af.simulate(noisy, x0, t_particles, dt=0.01, save_times=save, rng=seed)
 if comm.rank == 0:
     for name, sol in runs.items():
         m_t = [float(np.linalg.norm(sol.x[k].mean(axis=0))) for k in range(save.size)]
-        log.info("particles %s: |mean x| over time %s", name, np.round(m_t, 3))
+        log.info("particles %s: |mean x| over time %s", name, np.round(m_t[::4], 3))
     log.info(
-        "predicted: uniform m = 0, clustered m = %.3f (sigma = %.4f in (%.4f, %.4f))",
+        "predicted: uniform m = 0, unstable m = %.3f, clustered m = %.3f "
+        "(sigma = %.4f in (%.4f, %.4f)); fluctuation scale (sigma/(N|lambda_1|))^1/2 = %.3f",
+        m_unstable,
         prof.amplitude,
         sigma_h,
         sc_h,
         s_fold,
+        np.sqrt(sigma_h / (n_tokens * (sigma_h - sc_h))),
     )
 
-# FE stationary state at the same sigma from the clustered guess (ParaView: stationary.xdmf)
+# The FE stationary state at the same place in the FE's own hysteresis window
+# $(\sigma_c^h, \sigma_f^h)$ (on a coarse mesh both are shifted by O(h^2); ParaView:
+# hysteresis/stationary.xdmf)
+b_h = fe[label_h]
+if b_h.folds and b_h.bifurcations:
+    sb_h, sf_h = b_h.bifurcations[0]["sigma"], b_h.folds[0]["sigma"]
+else:  # no fold found on this branch: use the reference window
+    sb_h, sf_h = sc_h, s_fold
+sigma_fe = sb_h + 0.75 * (sf_h - sb_h)
 st_h = stationary_state(
     noisy,
     circle_mesh(n_cells),
     af.VonMisesFisher([1.0, 0.0], 4.0),
     degree=degree,
     kernel="dense",
+    sigma=sigma_fe,
     output_dir=out / "hysteresis",
 )
 if comm.rank == 0:
     log.info(
-        "FE stationary state at sigma = %.4f: m = %.4f (spectral %.4f), %d Newton iterations, "
-        "|R| = %.1e, leading eigenvalue %.3f",
-        sigma_h,
+        "FE stationary state at sigma = %.4f (converged: %s): m = %.4f (spectral %.4f), "
+        "%d Newton iterations, |R| = %.1e, leading eigenvalue %.3f",
+        sigma_fe,
+        st_h.converged,
         st_h.amplitude,
         prof.amplitude,
         st_h.iterations,
@@ -226,7 +250,7 @@ if comm.rank == 0:
     fig.tight_layout()
     fig.savefig(out / "bifurcation_diagram.png", dpi=100)
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.2))
     th = np.linspace(-np.pi, np.pi, 400)
     xx = np.stack([np.cos(th), np.sin(th)], axis=1)
     ax = axes[0]
@@ -275,6 +299,21 @@ if comm.rank == 0:
     ax.axhline(1 / (2 * np.pi), color="k", ls=":", lw=1.0, label="uniform state")
     ax.set_title(f"USA, beta = 4, sigma = {sigma_h:.3f} in ($\\sigma_c$, $\\sigma_f$): bistability")
     ax.set_xlabel(r"$\theta$ (from the mean direction)")
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    for name, sol in runs.items():
+        ax.plot(
+            save,
+            [np.linalg.norm(sol.x[k].mean(axis=0)) for k in range(save.size)],
+            ".-",
+            label=f"particles {name} (N = {n_tokens})",
+        )
+    ax.axhline(prof.amplitude, color="k", lw=1.0, label="stable clustered state")
+    ax.axhline(m_unstable, color="k", ls="--", lw=1.0, label="unstable branch")
+    ax.axhline(0.0, color="k", ls=":", lw=1.0, label="uniform state")
+    ax.set_xlabel("t")
+    ax.set_ylabel(r"$|\frac{1}{N}\sum_i x_i|$")
+    ax.set_title("order parameter of the particles")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "stationary_profiles.png", dpi=100)
