@@ -1,5 +1,9 @@
 """Execute a validated :class:`~attnflow.app.config.Config` into a run directory.
 
+(One idea: running one configuration's phases — finite elements, particles, their comparison,
+the summary and figure — into its directory; the causal and noisy runs are the same phases
+with other solvers and records.)
+
 The run directory holds::
 
     config.toml            the resolved configuration
