@@ -254,3 +254,70 @@ def test_page_loads_in_chromium_with_its_images(which, site, server, browser, tm
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[0] > 100 and pixels.std() > 0.01, f"{shot}: blank screenshot"
     print(f"screenshot of {path}: {shot}")
+
+
+# -- the docstring converter of the site (docs/_ext/attnflow_docs.py) --------------------------
+HOUSE_STYLE = """Self-attention dynamics of tokens in ``R^d`` or on ``S^{d-1}``.
+
+Parameters
+----------
+d : ambient dimension (``>= 2`` on the sphere).
+Q, K, V : ``(d, d)`` query, key and value matrices, with a long description that
+    continues on an indented line.
+**kwargs : passed on.
+
+The instance is immutable; prose after the entries
+continues the section.
+
+Returns
+-------
+KernelSums ``(shift, den, num)`` with ``num`` (n_t, d) (or
+(n_t, 0)), such that ``den_i = sum_j w_j`` and ``num_i =
+sum_j w_j y_j``.
+
+w1 : (R, n_saved) distances.
+l1 : (R, n_saved) L1 distance of the cell masses
+    (NaN when no histogram is given).
+A paragraph
+    with an indented line, then back.
+
+Examples
+--------
+::
+
+    x = 1
+        y = 2
+"""
+
+
+def test_house_style_docstrings_become_valid_restructuredtext():
+    if importlib.util.find_spec("sphinx") is None or importlib.util.find_spec("docutils") is None:
+        pytest.skip("sphinx missing (pip install -e '.[docs]')")
+    import docutils.core
+    import docutils.utils
+
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        from attnflow_docs import numpy_sections_to_rst
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+    lines = HOUSE_STYLE.splitlines()
+    rst = "\n".join(numpy_sections_to_rst(lines))
+    # As published by docutils (the rubric directive is Sphinx's: a plain title here).
+    plain = rst.replace(".. rubric:: ", "")
+    doc = docutils.core.publish_doctree(
+        plain, settings_overrides={"report_level": 5, "halt_level": 5}
+    )
+    problems = [m.astext() for m in doc.findall(docutils.nodes.system_message)]
+    assert not problems, "\n".join(problems) + "\n\n" + rst
+    # Entries are fields with the names as literals; prose and literal blocks survive.
+    fields = [f.children[0].astext() for f in doc.findall(docutils.nodes.field)]
+    assert fields == ["d", "Q, K, V", "**kwargs", "w1", "l1"]
+    assert "prose after the entries" in doc.astext()
+    (block,) = list(doc.findall(docutils.nodes.literal_block))
+    assert block.astext() == "x = 1\n    y = 2"
+    # Without the conversion the same docstring is not valid reStructuredText.
+    raw = docutils.core.publish_doctree(
+        HOUSE_STYLE, settings_overrides={"report_level": 5, "halt_level": 5}
+    )
+    assert list(raw.findall(docutils.nodes.system_message))

@@ -549,7 +549,7 @@ def numpy_sections_to_rst(lines: list[str]) -> list[str]:
             i += 2
             continue
         m = ENTRY.match(line) if _indent(line) == 0 else None
-        if m and not stripped.startswith((">>>", "..", "*", "-")):
+        if m and not stripped.startswith((">>>", "..", "* ", "- ")):
             if out and out[-1].strip() and not in_field:
                 out.append("")
             names, text = m.group(1), m.group(2)
