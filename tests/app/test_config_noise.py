@@ -162,6 +162,7 @@ def test_fem_mode_one_grows_at_the_noisy_rate_and_converges():
     errors = []
     for cells in (64, 128):
         sets = [("mesh.cells", cells), ("fem.degree", 0), ("time.t_final", 5.0)]
+        sets += [("initial.eps", 0.05)]
         cfg = load_config(EXAMPLE, [*sets, ("time.save_every", 5.0)])
         sol = build.build_fem_solver(cfg, MPI.COMM_WORLD).solve(5.0, [0.0, 5.0])
         assert np.max(np.abs(sol.mass - 1.0)) < 1e-12
