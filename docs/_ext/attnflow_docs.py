@@ -369,6 +369,36 @@ def _first_line(obj: object) -> str:
     return line.replace("|", "\\|")
 
 
+def _submodule_sections(pkg: object, where: dict[int, str]) -> list[str]:
+    """Sections for the public names of a package's submodules that the package does not
+    re-export (e.g. ``attnflow.studies.metastability.most_unstable_mode``)."""
+    exported = {id(getattr(pkg, n)) for n in getattr(pkg, "__all__", [])}
+    lines: list[str] = []
+    for info in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
+        if info.name.rsplit(".", 1)[-1].startswith("_"):
+            continue
+        sub = importlib.import_module(info.name)
+        extra = [
+            n
+            for n in getattr(sub, "__all__", [])
+            if id(getattr(sub, n)) not in exported
+            and getattr(getattr(sub, n), "__module__", info.name) == info.name
+            and not inspect.ismodule(getattr(sub, n))
+        ]
+        if not extra:
+            continue
+        lines += [f"## `{info.name}`\n", "```{eval-rst}", f".. currentmodule:: {info.name}", ""]
+        for name in extra:
+            obj = getattr(sub, name)
+            where.setdefault(id(obj), f"{info.name}.{name}")
+            opts = ["   :members:"] if inspect.isclass(obj) else []
+            if not inspect.isclass(obj) and not callable(obj):
+                opts = ["   :no-value:"]
+            lines += [f".. {_kind(obj)}:: {name}", *opts, ""]
+        lines.append("```\n")
+    return lines
+
+
 def build_api(app: Sphinx) -> None:
     """Write docs/api/*.md: one page per public namespace."""
     pages: list[str] = []
@@ -421,6 +451,8 @@ def build_api(app: Sphinx) -> None:
                 )
                 + ".\n"
             )
+        if is_pkg:
+            lines += _submodule_sections(mod, where)
         bodies[modname] = "\n".join(lines)
         pages.append(modname)
     # Re-exports are documented under their home page: map them for the top-level table.

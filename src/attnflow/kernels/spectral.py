@@ -101,7 +101,7 @@ class SpectralPlan:
     Attributes
     ----------
     degree : L, the largest Fourier mode (S^1) or harmonic degree (S^2) kept.
-    tail : a priori bound ``T(L)`` on the neglected kernel coefficients (units of e^{|kappa|}).
+    tail : a priori bound ``T(L)`` on the neglected kernel coefficients (units of ``e^{|kappa|}``).
     lib_eps : the accuracy requested from finufft / ducc0.
     tol : the requested relative tolerance.
     """

@@ -135,14 +135,14 @@ def log_growth_rates(
     ``int e^{beta<x,y>} y rho(y) dy = (1/beta) grad_x K rho``, the field is
     ``X = (1/beta) grad_S log K rho`` (SA) or ``(1/beta) grad_S K rho`` (USA). By Funk–Hecke a
     degree-``l`` spherical harmonic ``Y_l`` is an eigenfunction of ``K``,
-    ``K Y_l = mu_l Y_l`` with (``nu = d/2 - 1``)
+    ``K Y_l = mu_l Y_l`` with (``nu = d/2 - 1``)::
 
         mu_l = |S^{d-2}| int_{-1}^1 e^{beta t} P_l^{(d)}(t) (1 - t^2)^{(d-3)/2} dt
              = (2 pi)^{d/2} beta^{-nu} I_{l + nu}(beta)
 
     (``P_l^{(d)}`` the Gegenbauer polynomial normalised to ``P_l(1) = 1``; d = 2:
     ``2 pi I_l``; d = 3: ``4 pi i_l``). Linearising ``d_t rho + div(rho X) = 0`` at
-    ``rho_0 = 1/|S^{d-1}|`` with ``rho = rho_0 + eps Y_l`` and ``-Delta_S Y_l = l(l+d-2) Y_l``:
+    ``rho_0 = 1/|S^{d-1}|`` with ``rho = rho_0 + eps Y_l`` and ``-Delta_S Y_l = l(l+d-2) Y_l``::
 
         SA:  lambda_l = l (l + d - 2) mu_l / (beta mu_0)
                       = l (l + d - 2) I_{l+nu}(beta) / (beta I_nu(beta)),
