@@ -16,6 +16,7 @@ the retrieval correlation against ``s`` and the W1 distance of every slice.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -184,7 +185,7 @@ def causal_figure(cfg: Config, out: Path, fem, ens, summary: dict) -> Path | Non
         if panel == "fem":  # the mean density of every angle band (band mass / band size)
             ang = _angle(fem.points)
             cells = max(1, fem.points.shape[0] // fem.points_per_cell)
-            nb = min(bins, max(4, cells))
+            nb = min(bins, max(4, cells if d == 2 else int(math.sqrt(cells))))
             size = np.histogram(ang, nb, (lo, hi), weights=fem.point_weights)[0]
             mass = [
                 np.histogram(ang, nb, (lo, hi), weights=np.maximum(w, 0))[0]
