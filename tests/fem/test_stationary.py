@@ -9,6 +9,7 @@ import pytest
 from mpi4py import MPI
 
 import attnflow as af
+import attnflow.fem as af_fem
 from attnflow.fem import circle_mesh
 from attnflow.fem.stationary import StationaryProblem, continuation, stationary_state
 from attnflow.studies.phase_transitions import (
@@ -85,6 +86,31 @@ def test_matrix_free_newton_gives_the_same_state(reference):
     assert abs(np.sort(dense.dofs.ravel())[-1] - np.sort(mf.dofs.ravel())[-1]) < 1e-6
     assert abs(mf.mass - 1.0) < 1e-13
     assert mf.stats["tendency_evaluations"] < dense.stats["tendency_evaluations"]
+
+
+@pytest.mark.parametrize("degree", [0, 1])
+def test_the_time_stepper_keeps_the_newton_state(reference, degree):
+    """An independent route: the Newton state is a fixed point of MeanFieldSolver.solve
+    (IMEX ARKIMEX 2E: stage-consistent, so the steady states of the semi-discrete equation are
+    fixed points of every step)."""
+    sigma, _ = reference
+    mesh = circle_mesh(32)
+    law = af.VonMisesFisher([1.0, 0.0], 2.0)
+    st = stationary_state(
+        model(BETA, sigma), mesh, law, degree=degree, kernel="dense", stability=False
+    )
+    solver = af_fem.MeanFieldSolver(
+        model(BETA, sigma),
+        mesh,
+        law,
+        degree=degree,
+        kernel="dense",
+        normalize=True,
+        petsc_options={"ts_arkimex_type": "2e"},
+    )
+    solver.set_initial_dofs(st.dofs)
+    sol = solver.solve(2.0, energy=False)
+    assert np.abs(sol.dofs - st.dofs).max() < 1e-11
 
 
 def test_uniform_state_stability_changes_sign_at_sigma_c():
