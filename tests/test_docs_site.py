@@ -310,9 +310,13 @@ def test_house_style_docstrings_become_valid_restructuredtext():
     )
     problems = [m.astext() for m in doc.findall(docutils.nodes.system_message)]
     assert not problems, "\n".join(problems) + "\n\n" + rst
-    # Entries are fields with the names as literals; prose and literal blocks survive.
-    fields = [f.children[0].astext() for f in doc.findall(docutils.nodes.field)]
-    assert fields == ["d", "Q, K, V", "**kwargs", "w1", "l1"]
+    # Entries are items of definition lists, the names as literals; prose and literal blocks
+    # survive.
+    items = list(doc.findall(docutils.nodes.definition_list_item))
+    names = [i.children[0].astext() for i in items]
+    assert names == ["d", "Q, K, V", "**kwargs", "w1", "l1"]
+    assert all(isinstance(i.children[0].children[0], docutils.nodes.literal) for i in items)
+    assert items[1].children[1].astext().endswith("continues on an indented line.")
     assert "prose after the entries" in doc.astext()
     (block,) = list(doc.findall(docutils.nodes.literal_block))
     assert block.astext() == "x = 1\n    y = 2"

@@ -548,13 +548,14 @@ def numpy_sections_to_rst(lines: list[str]) -> list[str]:
     """The numpydoc docstrings of attnflow as reStructuredText.
 
     The house style writes ``name : description`` on one line (continuations indented) and
-    continues a section with prose. Sections become rubrics, entries field lists, prose after
-    a blank line paragraphs; a paragraph followed by a more indented line gets the blank lines
-    a block quote needs. Everything else (roles, literals, maths, doctests) passes unchanged.
+    continues a section with prose. Sections become rubrics, entries items of a definition
+    list (the name as a literal, its text indented), prose after a blank line paragraphs; a
+    paragraph followed by a more indented line gets the blank lines a block quote needs.
+    Everything else (roles, literals, maths, doctests) passes unchanged.
     """
     out: list[str] = []
     i, n = 0, len(lines)
-    in_field = False  # inside a field list item (its continuation lines are indented)
+    in_field = False  # inside a definition list item (its continuation lines are indented)
     literal_indent = -1  # inside a literal block (after ``::``) deeper than this indent
     while i < n:
         line = lines[i]
@@ -585,7 +586,8 @@ def numpy_sections_to_rst(lines: list[str]) -> list[str]:
             if out and out[-1].strip() and not in_field:
                 out.append("")
             names, text = m.group(1), m.group(2)
-            out.append(f":``{names}``: {text}".rstrip())
+            out.append(f"``{names}``")  # a definition list: the name, then its text
+            out.append(f"    {text}" if text else "    ..")
             in_field = True
             i += 1
             continue
@@ -666,10 +668,17 @@ def _generate(app: Sphinx) -> None:
     build_gallery(app)
 
 
+def _always_outdated(app, env, added, changed, removed) -> list[str]:
+    """Pages read at every build: the user guide (its toctrees follow the pages that exist)
+    and the API pages (autodoc does not notice a changed docstring)."""
+    api = sorted(f"api/{p.stem}" for p in API_SRC.glob("*.md"))
+    return ["user-guide", *api]
+
+
 def setup(app: Sphinx) -> dict:
     app.connect("builder-inited", _generate)
     app.connect("autodoc-process-docstring", _process_docstring)
     app.add_post_transform(RepositoryPaths)
     app.connect("source-read", _user_guide_toctrees)
-    app.connect("env-get-outdated", lambda app, env, added, changed, removed: ["user-guide"])
+    app.connect("env-get-outdated", _always_outdated)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
