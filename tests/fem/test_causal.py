@@ -240,7 +240,9 @@ def test_output_files_are_written_only_where_asked(tmp_path_factory, monkeypatch
     solver = CausalSolver(model("softmax"), circle_mesh(24), bumpy, n_slices=3, degree=1)
     solver.solve(0.1)
     comm.Barrier()
-    assert list(out.iterdir()) == []
+    empty = list(out.iterdir()) == []
+    comm.Barrier()  # every rank has looked before rank 0 creates the output directory
+    assert empty
     solver.solve(0.1, [0.0, 0.05, 0.1], output_dir=out / "run")
     comm.Barrier()
     names = {p.name for p in (out / "run").iterdir()}
