@@ -9,16 +9,15 @@
 #
 # fastest at some $\ell^\star(\beta)$ that grows like $\sqrt{\beta}$: the lower the temperature,
 # the more clusters form. This demo solves the mean-field equation with finite elements (DG0 on
-# an icosphere) and renders the density off-screen with pyvista; and it counts, with one
-# criterion (`attnflow.metrics.sphere_clusters`), the clusters that particle systems form for
-# several $\beta$.
+# an icosphere) and draws the density on two opposite views of the sphere (smooth shading);
+# and it counts, with one criterion (`attnflow.metrics.sphere_clusters`), the clusters that
+# particle systems form for several $\beta$.
 
 # +
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,14 @@ from mpi4py import MPI
 from scipy.special import spherical_in
 
 import attnflow as af
+from attnflow.app.style import add_format_argument
 from attnflow.fem import MeanFieldSolver, icosphere, sphere_mesh
 
-os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 comm = MPI.COMM_WORLD
 parser = argparse.ArgumentParser(description="Clustering on S^2: FE snapshots, count vs beta.")
 parser.add_argument("--output", type=Path, default=Path(__file__).parent / "output" / "sphere")
 parser.add_argument("--small", action="store_true", help="small sizes (CI)")
+add_format_argument(parser)
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING)
 log = logging.getLogger("demo_sphere_clustering")
@@ -102,37 +102,47 @@ if comm.rank == 0:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pyvista as pv
 
+    from attnflow.app.style import cell_to_vertex, figsize, save_figure, sphere_views, use_style
+
+    use_style()
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
+    # The DG0 cell densities, averaged to the vertices and interpolated to a mesh refined
+    # twice for display (smooth shading); two opposite views show the whole sphere.
     v, f = icosphere(level)
-    faces = np.hstack([np.full((f.shape[0], 1), 3), f]).ravel()
     area = 0.5 * np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1)
-    plotter = pv.Plotter(off_screen=True, shape=(1, len(snap_times)), window_size=(1200, 330))
+    clim = (-1.0, 1.6)
+    fig, axes = plt.subplots(2, len(snap_times), figsize=figsize("page", 0.5))
     for k, t in enumerate(snap_times):
-        surf = pv.PolyData(v, faces)
-        dens = fem.cell_masses(k) / area
-        surf.cell_data["log10 density"] = np.log10(np.maximum(dens, 1e-3))
-        plotter.subplot(0, k)
-        plotter.add_mesh(
-            surf,
-            scalars="log10 density",
-            cmap="magma",
-            clim=(-3, 2),
-            show_scalar_bar=k == len(snap_times) - 1,
+        masses = fem.cell_masses(k)
+        dens = masses / area / (masses.sum() / area.sum())  # density / its mean
+        vals = np.log10(np.maximum(cell_to_vertex(v, f, dens), 10 ** clim[0]))
+        mappable = sphere_views(
+            axes[:, k],
+            v,
+            f,
+            vals,
+            refine=2,
+            vmin=clim[0],
+            vmax=clim[1],
+            titles=[f"$t = {t:.3g}$, front", "back (opposite)"],
         )
-        plotter.add_text(f"t = {t:.0f}", font_size=10)
-    plotter.screenshot(out / "sphere_density.png")
-    plotter.close()
+    bar = fig.colorbar(mappable, ax=axes, shrink=0.8)
+    bar.set_label(r"$\log_{10}(\rho / \bar\rho)$, $\bar\rho$ = mean density")
+    fig.suptitle(rf"FE (DG0, level {level}), SA, $\beta = {beta_fem:g}$")
+    save_figure(fig, out / "sphere_density", args.format)
 
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=figsize("column", 0.8))
     ax.errorbar(
         betas, counts.mean(1), yerr=counts.std(1), fmt="o-", capsize=3, label="particle clusters"
     )
     ax.plot(betas, ell_star, "s--", label=r"most unstable degree $\ell^\star$")
-    ax.set(xlabel=r"$\beta$", ylabel="count", title=f"S^2, SA, N = {n_tokens}, t = {t_final:g}")
+    ax.set(
+        xlabel=r"inverse temperature $\beta$",
+        ylabel="number of clusters / degree",
+        title=f"$S^2$, SA, N = {n_tokens}, t = {t_final:g}",
+    )
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "clusters_vs_beta.png", dpi=100)
+    save_figure(fig, out / "clusters_vs_beta", args.format)
     log.info("wrote %s", out)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -39,16 +38,17 @@ from mpi4py import MPI
 from scipy.special import ive
 
 import attnflow as af
+from attnflow.app.style import add_format_argument
 from attnflow.fem import MeanFieldSolver, icosphere, sphere_mesh
 from attnflow.kernels.choice import AutoKernel
 
-os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 comm = MPI.COMM_WORLD
 parser = argparse.ArgumentParser(description="S^2 at high resolution: FE and 10^6 particles.")
 parser.add_argument(
     "--output", type=Path, default=Path(__file__).parent / "output" / "sphere_highres"
 )
 parser.add_argument("--small", action="store_true", help="small sizes (CI)")
+add_format_argument(parser)
 parser.add_argument("--level", type=int, help="icosphere level (default 6; --small: 3)")
 parser.add_argument("--particles", type=int, help="number of tokens (default 10^6)")
 args = parser.parse_args()
@@ -169,67 +169,54 @@ if comm.rank == 0:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pyvista as pv
 
+    from attnflow.app.style import cell_to_vertex, figsize, save_figure, sphere_views, use_style
+
+    use_style()
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
 
-    def cell_density(points, weights, lev):
-        """log10 of the density (mass / area, normalised to mean 1) on the cells of level lev."""
+    def vertex_density(points, weights, lev):
+        """log10 of density / mean on the cells of level lev, averaged to the vertices."""
         v, f = icosphere(lev)
         tri = v[f]
         area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
         h = af.metrics.sphere_histogram(points, weights, lev)
-        return v, f, np.log10(np.maximum(h / area * area.sum(), 1e-2))
+        dens = h / area * area.sum() / h.sum()
+        return v, f, np.log10(np.maximum(cell_to_vertex(v, f, dens), 1e-2))
 
     clim = (-2.0, 1.5)
-    views = {"north (from +z)": (0.0, 0.0, 1.0), "south (from -z)": (0.0, 0.0, -1.0)}
-
-    def render(v, f, scalars) -> list[np.ndarray]:
-        """Off-screen images of the two hemispheres (no scalar bar: matplotlib draws it)."""
-        faces = np.hstack([np.full((f.shape[0], 1), 3), f]).ravel()
-        surf = pv.PolyData(v, faces)
-        surf.cell_data["s"] = scalars
-        images = []
-        for view in views.values():
-            pl = pv.Plotter(off_screen=True, window_size=(560, 560))
-            pl.set_background("white")
-            pl.add_mesh(
-                surf, scalars="s", cmap="magma", clim=clim, show_scalar_bar=False, ambient=0.25
-            )
-            pl.camera_position = [np.array(view) * 4.0, (0, 0, 0), (0, 1, 0)]
-            pl.enable_parallel_projection()
-            pl.reset_camera()
-            pl.camera.parallel_scale = 1.04
-            images.append(pl.screenshot(return_img=True))
-            pl.close()
-        return images
-
     rows = {
-        f"FE, DG0, {solver.n_cells_global} cells": render(
-            *cell_density(fem.points, fem.weights[-1], level)
+        f"FE, DG0, {solver.n_cells_global} cells": (
+            vertex_density(fem.points, fem.weights[-1], level),
+            level,
         ),
-        f"{n_tokens:,} particles (cells of level {min(level, 5)})": render(
-            *cell_density(part.x[-1], None, min(level, 5))
+        f"{n_tokens:,} particles, level-{min(level, 5)} cells": (
+            vertex_density(part.x[-1], None, min(level, 5)),
+            min(level, 5),
         ),
     }
-    fig, axes = plt.subplots(2, 2, figsize=(8.2, 8.0), layout="constrained")
-    for i, (name, images) in enumerate(rows.items()):
-        for j, (view, img) in enumerate(zip(views, images, strict=True)):
-            ax = axes[i, j]
-            ax.imshow(img)
-            ax.set_axis_off()
-            ax.set_title(f"{name}\n{view}", fontsize=9)
-    sm = plt.cm.ScalarMappable(cmap="magma", norm=plt.Normalize(*clim))
-    bar = fig.colorbar(sm, ax=axes, shrink=0.6, ticks=[-2, -1, 0, 1])
-    bar.set_label(r"$\log_{10}$ density / mean")
+    fig, axes = plt.subplots(2, 2, figsize=figsize("page", 0.85))
+    for i, (name, ((v, f, vals), lev)) in enumerate(rows.items()):
+        # Smooth shading on a display mesh refined up to about level 5 (the computation's
+        # mesh is unchanged).
+        mappable = sphere_views(
+            axes[i],
+            v,
+            f,
+            vals,
+            refine=max(0, 5 - lev),
+            vmin=clim[0],
+            vmax=clim[1],
+            titles=[f"{name}\nfront", "back (opposite)"],
+        )
+    bar = fig.colorbar(mappable, ax=axes, shrink=0.6, ticks=[-2, -1, 0, 1])
+    bar.set_label(r"$\log_{10}(\rho / \bar\rho)$, $\bar\rho$ = mean density")
     fig.suptitle(
         rf"$S^2$, SA, $\beta = {beta:g}$, $t = {t_final:g}$: {c_fem} clusters (FE), "
-        f"{c_part} (particles)",
-        fontsize=11,
+        f"{c_part} (particles)"
     )
-    fig.savefig(out / "sphere_highres.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out / "sphere_highres", args.format)
     log.info("wrote %s", out)
     if not args.small:
         assert c_fem >= 10 and abs(c_fem - c_part) <= 0.25 * c_part, (c_fem, c_part)
