@@ -299,6 +299,22 @@ def test_clustering_with_noise_keeps_mass_positivity_and_the_free_energy_decreas
     np.testing.assert_allclose(F, 0.02 * sol.entropy - np.exp(sol.energy), rtol=1e-12)
 
 
+def test_sa_is_not_the_gradient_flow_of_the_free_energy():
+    """From a concentrated state (von Mises-Fisher, kappa = 50) F of SA *increases* (the noise
+    spreads the cluster faster than SA pays for it in E; the SA field is the USA field divided by
+    K rho), while F of USA decreases (DG0, S^1, beta = 6, sigma = 0.05)."""
+    law = af.VonMisesFisher([1.0, 0.0], 50.0)
+    F = {}
+    for normalized in (True, False):
+        model = af.SelfAttention(2, beta=6.0, normalized=normalized, rescale_usa=not normalized)
+        sol = MeanFieldSolver(
+            model + af.Diffusion(0.05), circle_mesh(200), law, normalize=True
+        ).solve(3.0, np.linspace(0, 3, 7))
+        F[normalized] = sol.free_energy
+    assert np.all(np.diff(F[True]) > 0), F[True]
+    assert np.all(np.diff(F[False]) < 0), F[False]
+
+
 def test_free_energy_is_saved_and_loaded(tmp_path_factory):
     comm = MPI.COMM_WORLD
     model, mesh, law = CLUSTER["circle"](comm)
