@@ -36,11 +36,14 @@ import numpy as np
 
 import attnflow as af
 from attnflow import layers
+from attnflow.app.style import add_format_argument, figsize, save_figure, use_style
 
 parser = argparse.ArgumentParser(description="Random multi-head and hardmax layers.")
 parser.add_argument("--output", type=Path, default=Path(__file__).parent / "output" / "depth")
 parser.add_argument("--small", action="store_true", help="small sizes (CI)")
+add_format_argument(parser)
 args = parser.parse_args()
+use_style()
 args.output.mkdir(parents=True, exist_ok=True)
 logging.basicConfig(level=logging.INFO)
 log = logging.getLogger("demo_depth_models")
@@ -58,7 +61,7 @@ rng = np.random.default_rng(0)
 cases = [(3, 1, 0.0), (3, 4, 0.0), (3, 1, 4.0), (8, 1, 0.0), (8, 4, 4.0)]
 if args.small:
     cases = cases[:3]
-fig, axes = plt.subplots(1, len(cases), figsize=(3.2 * len(cases), 3), sharey=True)
+fig, axes = plt.subplots(1, len(cases), figsize=figsize("page", 0.95 / len(cases)), sharey=True)
 rows = []
 for ax, (d, H, beta) in zip(axes, cases, strict=True):
     x0 = rng.standard_normal((4, d))
@@ -103,11 +106,12 @@ for ax, (d, H, beta) in zip(axes, cases, strict=True):
     )
     # 4 standard errors: several cases are checked at once
     assert abs(a.mean() - b.mean()) < 4 * se
-    ax.set(title=f"d={d}, H={H}, β={beta:g}", xlabel="t = layer η²Hσ²")
-axes[0].set_ylabel("mean cosine similarity")
+    ax.set(
+        title=rf"$d={d}$, $H={H}$, $\beta={beta:g}$", xlabel=r"time $t$ = layer $\eta^2 H\sigma^2$"
+    )
+axes[0].set_ylabel(r"mean cosine $\rho(t)$")
 axes[0].legend()
-fig.tight_layout()
-fig.savefig(args.output / "depth_collapse.png", dpi=90)
+save_figure(fig, args.output / "depth_collapse", args.format)
 # -
 
 # ## (2) Hardmax layers in 2-D: leaders and a tie
@@ -124,16 +128,15 @@ centres = sol.stats["centres"]
 dist = np.linalg.norm(sol.final[:, None] - centres[None], axis=2).min(axis=1)
 assert dist.max() < 1e-10
 log.info("hardmax: %d leaders, %d clusters: %s", sol.leaders.size, len(centres), centres)
-fig, ax = plt.subplots(figsize=(4.5, 4.5))
+fig, ax = plt.subplots(figsize=figsize("column", 1.0))
 for i in range(z0.shape[0]):
     ax.plot(sol.points[:, i, 0], sol.points[:, i, 1], "-", lw=0.6, color="0.6")
 ax.plot(z0[:, 0], z0[:, 1], ".", color="C0", label="input")
 ax.plot(centres[:, 0], centres[:, 1], "o", mfc="none", color="C3", ms=10, label="clusters")
-ax.plot(*z0[4], "s", color="C2", label="tied token")
-ax.set(aspect="equal", title=f"hardmax layers, α={alpha}")
-ax.legend(loc="center")
-fig.tight_layout()
-fig.savefig(args.output / "depth_hardmax.png", dpi=90)
+ax.plot(*z0[4], "s", color="C2", ms=7, label="tied token", zorder=3)
+ax.set(aspect="equal", title=rf"hardmax layers, $\alpha={alpha}$", xlabel="$z_1$", ylabel="$z_2$")
+fig.legend(loc="outside lower center", ncols=3)
+save_figure(fig, args.output / "depth_hardmax", args.format)
 af.io.write_point_cloud_series(
     args.output, sol.layers.astype(float), sol.points, name="hardmax_tokens"
 )

@@ -1,8 +1,8 @@
 """One matplotlib style for attnflow's figures (demos, run summaries).
 
 * :func:`use_style` sets fonts, paper sizes, a colour map whose lightness grows monotonically
-  (``viridis``: it prints as a monotone grey ramp), a line cycle whose members differ by dash and
-  marker as well as by colour (readable in grey), and constrained layout (colour bars and labels
+  (``viridis``: it prints as a monotone grey ramp), a line cycle whose members differ by dash pattern
+  as well as by colour (readable in grey), and constrained layout (colour bars and labels
   do not overlap).
 * :func:`save_figure` writes one figure in several formats (``png``, ``pdf``, ``svg``) and first
   checks it (:func:`check_figure`): every rectilinear axes that shows data names its quantity on
@@ -53,10 +53,9 @@ CMAP = "viridis"
 FORMATS = ("png", "pdf", "svg")
 
 # Colours of the Okabe-Ito palette (colour-blind safe), ordered so that neighbours differ in
-# lightness; each also gets its own dash pattern and marker, so curves stay apart in grey.
-_COLORS = ["#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"]
+# luminance by > 0.14; each also gets its own dash pattern, so curves stay apart in grey.
+_COLORS = ["#000000", "#D55E00", "#E69F00", "#009E73", "#56B4E9", "#0072B2", "#CC79A7"]
 _DASHES = ["-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (1, 1))]
-_MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 
 # Projections whose axes are not labelled x/y (sphere maps, 3-D views).
 _EXEMPT_PROJECTIONS = {"3d", "mollweide", "aitoff", "hammer", "lambert", "polar"}
@@ -66,12 +65,9 @@ def style_params() -> dict[str, Any]:
     """The rcParams of the attnflow style (a dict for ``matplotlib.rc_context``)."""
     from cycler import cycler
 
-    cyc = (
-        cycler(color=_COLORS)
-        + cycler(linestyle=_DASHES)
-        + cycler(marker=_MARKERS)
-        + cycler(markevery=[0.1] * len(_COLORS))
-    )
+    # No markers in the cycle: a float ``markevery`` hides the marker of a one-point line, and
+    # markers at every point of a dense curve hide it. Data points set their markers explicitly.
+    cyc = cycler(color=_COLORS) + cycler(linestyle=_DASHES)
     return {
         "figure.figsize": (PAGE_WIDTH / 2, PAGE_WIDTH / 2 * 0.78),
         "figure.dpi": 100,
