@@ -1,9 +1,9 @@
 """One matplotlib style for attnflow's figures (demos, run summaries).
 
 * :func:`use_style` sets fonts, paper sizes, a colour map whose lightness grows monotonically
-  (``viridis``: it prints as a monotone grey ramp), a line cycle whose members differ by dash pattern
-  as well as by colour (readable in grey), and constrained layout (colour bars and labels
-  do not overlap).
+  (``viridis``: it prints as a monotone grey ramp), a line cycle whose members differ by dash
+  pattern as well as by colour (readable in grey), and constrained layout (colour bars and
+  labels do not overlap).
 * :func:`save_figure` writes one figure in several formats (``png``, ``pdf``, ``svg``) and first
   checks it (:func:`check_figure`): every rectilinear axes that shows data names its quantity on
   both axes, every colour bar has a label.
