@@ -37,12 +37,14 @@ from mpi4py import MPI
 from scipy.special import ive
 
 import attnflow as af
+from attnflow.app.style import add_format_argument, figsize, save_figure, use_style
 from attnflow.fem import MeanFieldSolver, circle_mesh
 
 comm = MPI.COMM_WORLD
 parser = argparse.ArgumentParser(description="Clustering on S^1: finite elements vs particles.")
 parser.add_argument("--output", type=Path, default=Path(__file__).parent / "output" / "circle")
 parser.add_argument("--small", action="store_true", help="small sizes (CI)")
+add_format_argument(parser)
 parser.add_argument("--beta", type=float, default=9.0)
 parser.add_argument("--animate", action="store_true", help="also write an animated GIF")
 args = parser.parse_args()
@@ -147,6 +149,8 @@ if comm.rank == 0:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    use_style()
+
     out.mkdir(parents=True, exist_ok=True)
     th_fem = np.arctan2(fem.points[:, 1], fem.points[:, 0])
     bins = np.linspace(-np.pi, np.pi, 121)
@@ -156,7 +160,7 @@ if comm.rank == 0:
     th_par = np.arctan2(ens.x[0, :, :, 1], ens.x[0, :, :, 0])
     dens_par = np.stack([np.histogram(t, bins=bins, density=True)[0] for t in th_par])
     vmax = np.quantile(dens_fem, 0.995)
-    fig, ax = plt.subplots(2, 3, figsize=(16, 8.5))
+    fig, ax = plt.subplots(2, 3, figsize=figsize("page", 0.62))
     for a, dens, title in (
         (ax[0, 0], dens_fem, f"finite elements (DG1, {n_cells} cells)"),
         (ax[0, 1], dens_par, f"particles, run 0 (N = {n_tokens})"),
@@ -165,38 +169,41 @@ if comm.rank == 0:
             dens.T,
             origin="lower",
             aspect="auto",
-            cmap="magma",
             vmax=vmax,
             extent=[0, t_final, -np.pi, np.pi],
         )
-        a.set(xlabel="t", ylabel=r"angle $\theta$", title=title)
-        fig.colorbar(im, ax=a)
+        a.set(xlabel="time $t$", ylabel=r"angle $\theta$", title=title)
+        fig.colorbar(im, ax=a).set_label(r"density $\rho(t, \theta)$")
     k_show = min(len(save_times) - 1, int(np.argmax(counts_fem > 1)))  # clusters forming
     ax[0, 2].plot(0.5 * (bins[1:] + bins[:-1]), dens_fem[k_show], label="finite elements")
     ax[0, 2].hist(th_par[k_show], bins=bins, density=True, alpha=0.5, label="particles")
-    ax[0, 2].set(xlabel=r"$\theta$", title=f"density at t = {save_times[k_show]:g}")
+    ax[0, 2].set(
+        xlabel=r"angle $\theta$",
+        ylabel=r"density $\rho$",
+        title=f"density at $t$ = {save_times[k_show]:g}",
+    )
     ax[0, 2].legend()
     ax[1, 0].step(save_times, counts_fem, where="post", lw=2, c="k", label="finite elements")
-    for c in counts_par:
-        ax[1, 0].step(save_times, c, where="post", alpha=0.6)
+    for r, c in enumerate(counts_par):
+        lab = "particles (each run)" if r == 0 else None
+        ax[1, 0].step(save_times, c, where="post", alpha=0.6, label=lab)
     ax[1, 0].axhline(n_star, ls="--", c="gray", label=rf"$n^\star = {n_star}$")
-    ax[1, 0].set(xlabel="t", ylabel="clusters", title="cluster count")
+    ax[1, 0].set(xlabel="time $t$", ylabel="number of clusters", title="cluster count")
     ax[1, 0].legend()
     ax[1, 1].errorbar(save_times, w1.mean(0), yerr=w1.std(0), capsize=2)
     ax[1, 1].set(
-        xlabel="t",
+        xlabel="time $t$",
         ylabel=r"$W_1$ (radians)",
-        title=rf"$W_1$(FE, particles), mean ± sd of {n_runs} runs",
+        title=rf"$W_1$(FE, particles), {n_runs} runs",
     )
     ax[1, 2].plot(save_times, fem.energy, c="k", label="finite elements")
     ax[1, 2].errorbar(
         save_times, energy_par.mean(0), yerr=energy_par.std(0), capsize=2, label="particles"
     )
-    ax[1, 2].set(xlabel="t", ylabel=r"$\log E$", title="interaction energy")
+    ax[1, 2].set(xlabel="time $t$", ylabel=r"$\log E$", title="interaction energy")
     ax[1, 2].legend()
     fig.suptitle(rf"SA on $S^1$, $\beta = {beta:g}$: mean-field PDE vs particles")
-    fig.tight_layout()
-    fig.savefig(out / "circle_clustering.png", dpi=100)
+    save_figure(fig, out / "circle_clustering", args.format)
     np.savez_compressed(
         out / "comparison.npz",
         t=save_times,
@@ -212,11 +219,15 @@ if comm.rank == 0:
     if args.animate:
         from matplotlib.animation import FuncAnimation, PillowWriter
 
-        fig2, ax2 = plt.subplots(figsize=(5, 4))
+        fig2, ax2 = plt.subplots(figsize=figsize("column", 0.8))
         centres = 0.5 * (bins[1:] + bins[:-1])
         (line,) = ax2.plot(centres, dens_fem[0], c="k", label="finite elements")
         bars = ax2.bar(centres, dens_par[0], width=bins[1] - bins[0], alpha=0.4, label="particles")
-        ax2.set(ylim=(0, 1.05 * max(dens_fem.max(), dens_par.max())), xlabel=r"$\theta$")
+        ax2.set(
+            ylim=(0, 1.05 * max(dens_fem.max(), dens_par.max())),
+            xlabel=r"angle $\theta$",
+            ylabel=r"density $\rho$",
+        )
         ax2.legend(loc="upper right")
 
         def frame(k):
