@@ -87,6 +87,7 @@ from attnflow.fem.transport import (
     transport_form,
 )
 from attnflow.fem.velocity import NodalVelocity
+from attnflow.io import VTUSeries
 from attnflow.kernels.choice import KernelChoice, as_kernel_choice, plan_kernels
 from attnflow.laws import Law
 from attnflow.model import check_causal
@@ -96,9 +97,13 @@ from attnflow.states import CheckpointError, FieldState
 from attnflow.timegrid import TimeGrid, check_every, time_grid
 from attnflow.validation import check_positive, check_real
 
-__all__ = ["FieldSolution", "MeanFieldSolver"]
+__all__ = ["MAX_VTU_CELLS", "FieldSolution", "MeanFieldSolver"]
 
 logger = logging.getLogger(__name__)
+
+#: ``density.pvd`` (one grid with density and velocity, gathered to rank 0) is written for
+#: meshes of at most this many cells; larger ones only get ``density.xdmf`` / ``density.bp``.
+MAX_VTU_CELLS = 2_000_000
 
 
 class MeanFieldSolver:
@@ -522,8 +527,12 @@ class MeanFieldSolver:
         meshes); dynamics without an energy record NaN.
 
         With ``output_dir`` the density and velocity time series are written there
-        collectively: ``density.xdmf`` + ``.h5`` (the density as DG0 cell data, cell means for
-        DG1, and the P1 velocity; ParaView's ``Xdmf3ReaderT``) and, when dolfinx has ADIOS2,
+        collectively: ``density.pvd`` + ``density/*.vtu`` (ONE grid per time carrying the
+        cell data ``density`` (DG0; the cell means for DG1) and the point data ``velocity``,
+        ``speed`` and, for DG1, ``density_vertex``: open it in ParaView and apply *Glyph*
+        directly; gathered to rank 0, skipped with a warning above ``MAX_VTU_CELLS``
+        cells), ``density.xdmf`` + ``.h5`` (the same fields as two functions, which
+        ParaView's ``Xdmf3ReaderT`` shows as two blocks) and, when dolfinx has ADIOS2,
         ``density.bp`` (VTX, the density at its own degree; ParaView >= 5.12). Nothing is
         written otherwise, and nothing to the working directory. The files are closed when
         ``solve`` returns or raises.
@@ -885,8 +894,49 @@ class MeanFieldSolver:
                     else:
                         wr.write_function(self.rho, t)
                     wr.write_function(self.u, t)
+                elif isinstance(wr, _OneGrid):
+                    self._write_vtu(wr, t)
                 else:
                     wr.write(t)
+
+    def _write_vtu(self, wr: _OneGrid, t: float) -> None:
+        """Gather the mesh, the density and the velocity to rank 0 and write one ``.vtu`` with
+        all of them on one grid (``density.pvd``); collective."""
+        mesh = self.mesh
+        n_loc = mesh.topology.index_map(mesh.topology.dim).size_local
+        geo = mesh.geometry.dofmaps[0][:n_loc]
+        gdim = mesh.geometry.dim
+        nodes = np.asarray(mesh.geometry.input_global_indices, dtype=np.int64)[geo]
+        coords = mesh.geometry.x[geo][..., :gdim]
+        vel = self.u.x.array.reshape(-1, gdim)[self.U.dofmap.list[:n_loc]]
+        rho = self.rho.x.array[self.W.dofmap.list[:n_loc]]  # (cells, 1) or (cells, vertices)
+        cell_index = np.asarray(mesh.topology.original_cell_index[:n_loc], dtype=np.int64)
+        parts = self.comm.gather((cell_index, nodes, coords, vel, rho), root=0)
+        if wr.series is None:
+            return
+        cell_index, nodes, coords, vel, rho = (
+            np.concatenate([p[i] for p in parts]) for i in range(5)
+        )
+        order = np.argsort(cell_index, kind="stable")  # cells in input order on any ranks
+        nodes, coords, vel, rho = nodes[order], coords[order], vel[order], rho[order]
+        ids, cells = np.unique(nodes, return_inverse=True)
+        cells = cells.reshape(nodes.shape)
+        points = np.zeros((ids.size, gdim))
+        velocity = np.zeros((ids.size, gdim))
+        points[cells.ravel()] = coords.reshape(-1, gdim)
+        velocity[cells.ravel()] = vel.reshape(-1, gdim)
+        # DG0: the cell values; DG1 (Lagrange dofs at the vertices of affine simplices): the
+        # cell mean is the mean of the vertex values, the point density their mean over cells.
+        point_data = {"velocity": velocity, "speed": np.linalg.norm(velocity, axis=1)}
+        if self.degree > 0:
+            total = np.zeros(ids.size)
+            count = np.zeros(ids.size)
+            np.add.at(total, cells.ravel(), rho.ravel())
+            np.add.at(count, cells.ravel(), 1.0)
+            point_data["density_vertex"] = total / np.maximum(count, 1.0)
+        wr.series.write(
+            t, points, cells, cell_data={"density": rho.mean(axis=1)}, point_data=point_data
+        )
 
     def _open_output(self, output_dir, stack: contextlib.ExitStack) -> list:
         """Open the ParaView writers in ``output_dir`` (closed by ``stack``); collective."""
@@ -907,7 +957,26 @@ class MeanFieldSolver:
             vtx = dolfinx.io.VTXWriter(self.comm, str(out / "density.bp"), [self.rho])
             stack.enter_context(vtx)
             writers.append(vtx)
+        n_cells = self.n_cells_global
+        if n_cells <= MAX_VTU_CELLS:
+            series = VTUSeries(out, "density") if self.comm.rank == 0 else None
+            writers.append(_OneGrid(series))
+        elif self.comm.rank == 0:
+            logger.warning(
+                "density.pvd not written: %d cells > %d (gathered to one rank); open "
+                "density.xdmf or density.bp",
+                n_cells,
+                MAX_VTU_CELLS,
+            )
         return writers
+
+
+@dataclass
+class _OneGrid:
+    """The ``density.pvd`` writer: a :class:`~attnflow.io.VTUSeries` on rank 0, None on the
+    others (they send their part to rank 0)."""
+
+    series: VTUSeries | None
 
 
 @dataclass
