@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
+from attnflow.app.style import add_format_argument, figsize, save_figure, use_style
 from attnflow.studies.cluster_counts import cluster_count_study
 from attnflow.studies.convergence import fit_slope
 from attnflow.studies.kde import expected_modes, kac_rice_line
@@ -48,6 +49,7 @@ parser.add_argument(
     "--output", type=Path, default=Path(__file__).parent / "output" / "cluster_counts"
 )
 parser.add_argument("--small", action="store_true", help="small sizes (CI)")
+add_format_argument(parser)
 args = parser.parse_args()
 logging.basicConfig(
     level=logging.INFO if comm.rank == 0 else logging.WARNING,
@@ -157,6 +159,9 @@ if comm.rank == 0:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, NullLocator, ScalarFormatter
+
+    use_style()
 
     def panel(ax, s) -> None:
         b = s.betas
@@ -171,33 +176,40 @@ if comm.rank == 0:
         p = (s.d - 1) / 2
         c = s.sqrt_constants["particles"]
         ax.plot(grid, c * grid**p, "C0", alpha=0.4, lw=4, label=rf"fit ${c:.2f}\,\beta^{{{p:g}}}$")
-        ax.set(xscale="log", yscale="log", xlabel=r"$\beta$", ylabel="clusters")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel=r"inverse temperature $\beta$",
+            ylabel="number of clusters",
+        )
         ex = s.exponents
         ax.set_title(
-            f"S^{s.d - 1}: exponents particles {ex['particles']:.2f}, FE {ex['fem']:.2f}",
-            fontsize=10,
+            f"$S^{s.d - 1}$: exponents particles {ex['particles']:.2f}, FE {ex['fem']:.2f}"
         )
-        ax.legend(fontsize=8)
+        # Plain numbers on the log axes: the betas and a few integer counts.
+        ax.set_xticks(b, [f"{x:g}" for x in b])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6, integer=True, min_n_ticks=2))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.legend(fontsize=6.5, loc="upper left")
 
     for d, s in study.items():
-        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        fig, ax = plt.subplots(figsize=figsize("column", 0.9))
         panel(ax, s)
-        fig.tight_layout()
-        fig.savefig(out / f"cluster_counts_s{d - 1}.png", dpi=100)
-        plt.close(fig)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
-    panel(axes[0], study[2])
-    panel(axes[1], study[3])
-    ax = axes[2]
+        save_figure(fig, out / f"cluster_counts_s{d - 1}", args.format)
+    fig, axes = plt.subplot_mosaic([["s1", "s2"], ["kde", "kde"]], figsize=figsize("page", 0.85))
+    panel(axes["s1"], study[2])
+    panel(axes["s2"], study[3])
+    ax = axes["kde"]
     ax.errorbar(kb, const, 2 * ks / np.sqrt(kb * np.log(kb)), fmt="o-", capsize=3)
     ax.set(
         xscale="log",
-        xlabel=r"$\beta$ ($n = \beta$ samples)",
+        xlabel=r"inverse temperature $\beta$ ($n = \beta$ samples)",
         ylabel=r"modes / $\sqrt{\beta\log\beta}$",
         title="Gaussian KDE on the line (2 s.e.)",
     )
     ax.set_ylim(0, 1.2 * const.max())
-    fig.tight_layout()
-    fig.savefig(out / "cluster_counts.png", dpi=80)
+    save_figure(fig, out / "cluster_counts", args.format)
     log.info("wrote %s", out)
 # -

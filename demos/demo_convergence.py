@@ -24,6 +24,7 @@ import numpy as np
 from mpi4py import MPI
 
 import attnflow as af
+from attnflow.app.style import add_format_argument, figsize, save_figure, use_style
 from attnflow.fem import MeanFieldSolver, circle_mesh
 from attnflow.studies import w1_convergence
 
@@ -31,6 +32,7 @@ comm = MPI.COMM_WORLD
 parser = argparse.ArgumentParser(description="W1(FE, particles) against N and h.")
 parser.add_argument("--output", type=Path, default=Path(__file__).parent / "output" / "convergence")
 parser.add_argument("--small", action="store_true", help="small sizes (CI)")
+add_format_argument(parser)
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING)
 log = logging.getLogger("demo_convergence")
@@ -83,30 +85,31 @@ if comm.rank == 0:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    use_style()
+
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, ax = plt.subplots(1, 2, figsize=figsize("page", 0.42))
     ax[0].errorbar(study.n_tokens, study.w1_vs_n, yerr=study.w1_vs_n_sd, fmt="o-", capsize=3)
     ref = study.w1_vs_n[0] * (study.n_tokens / study.n_tokens[0]) ** -0.5
     ax[0].loglog(study.n_tokens, ref, "k--", label=r"$N^{-1/2}$")
     ax[0].set(
         xscale="log",
         yscale="log",
-        xlabel="N",
-        ylabel=r"$W_1$",
-        title=f"against N ({fine} cells): slope {study.slope_n:.2f}",
+        xlabel="number of tokens $N$",
+        ylabel=r"$W_1$(FE, particles)",
+        title=f"against $N$ ({fine} cells): slope {study.slope_n:.2f}",
     )
     ax[0].legend()
     ax[1].errorbar(study.h, study.w1_vs_h, yerr=study.w1_vs_h_sd, fmt="o-", capsize=3)
     ax[1].set(
         xscale="log",
         yscale="log",
-        xlabel="h",
-        ylabel=r"$W_1$",
-        title=f"against h (N = {large_n}): slope {study.slope_h:.2f}",
+        xlabel="cell size $h$",
+        ylabel=r"$W_1$(FE, particles)",
+        title=f"against $h$ ($N$ = {large_n}): slope {study.slope_h:.2f}",
     )
     fig.suptitle(r"$W_1$(finite elements, particles) on $S^1$, SA, $\beta = 4$, $t = 1$")
-    fig.tight_layout()
-    fig.savefig(out / "convergence.png", dpi=100)
+    save_figure(fig, out / "convergence", args.format)
     np.savez(out / "convergence.npz", **study.__dict__)
     log.info("wrote %s", out)
