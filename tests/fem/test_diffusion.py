@@ -331,14 +331,14 @@ def test_free_energy_is_saved_and_loaded(tmp_path_factory):
 @pytest.mark.mpi
 def test_noisy_solves_agree_across_ranks():
     comm = MPI.COMM_WORLD
-    cases = [("circle", 0), ("circle", 1), ("sphere", 0), ("sphere", 1)]
+    cases = [("circle", 0), ("circle", 1), ("sphere", 1)]
     for case, degree in cases:
         par = MeanFieldSolver(*CLUSTER[case](comm, True), degree=degree, normalize=True).solve(
-            1.0, [0.0, 1.0]
+            0.5, [0.0, 0.5]
         )
         ser = MeanFieldSolver(
             *CLUSTER[case](MPI.COMM_SELF, True), degree=degree, normalize=True
-        ).solve(1.0, [0.0, 1.0])
+        ).solve(0.5, [0.0, 0.5])
         np.testing.assert_allclose(par.weights, ser.weights, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(par.free_energy, ser.free_energy, rtol=1e-10)
     box = af.SelfAttention(2, beta=1.0, K=-np.eye(2), sphere=False) + af.Diffusion(0.05)
@@ -408,7 +408,7 @@ def test_piecewise_diffusivity_is_that_of_each_interval():
     )
     rho0 = lambda x: 1.0 + 0.5 * np.cos(n * theta(x))  # noqa: E731
     sol = MeanFieldSolver(
-        model, circle_mesh(128), rho0, degree=1, dt=0.01, petsc_options=ORDER3
+        model, circle_mesh(128), rho0, degree=1, dt=0.05, petsc_options=ORDER3
     ).solve(1.5)
     a = sol.weights @ np.cos(n * theta(sol.points))
     assert abs(np.log(a[1] / a[0]) / (-(n**2) * 0.25) - 1) < 0.005
