@@ -27,8 +27,11 @@ higher-order ARKIMEX types (``ts_arkimex_type 2e``, ``3``, ``4``, ...) are avail
 the options, accurate to their order, with ``min_density`` recorded to show what they do.
 The adaptive step is switched off (``ts_adapt_type none``): the step is the transport CFL step.
 The implicit stages are linear: ``snes_type ksponly`` and a direct solve (``ksp_type preonly``,
-``pc_type lu`` with MUMPS, which the PETSc wheel has and which runs on any number of ranks);
-any KSP/PC can be chosen through the options (e.g. ``ksp_type cg``... keys without prefix).
+LU with MUMPS, which the PETSc wheel has and which runs on any number of ranks). Unless a KSP or
+PC is given in the options, the solver keeps one factorisation per ``(shift, sigma)``
+(:class:`attnflow.fem.diffusion.StageSolves`: 1BEE alternates two shifts); any KSP/PC can be
+chosen through the options instead (e.g. ``{"ksp_type": "gmres", "pc_type": "bjacobi"}``, keys
+without prefix; an inexact solve then conserves mass only to its tolerance).
 """
 
 from __future__ import annotations
