@@ -9,10 +9,14 @@ The run directory holds::
     config.toml            the resolved configuration
     summary.json           mass drift, energies, metrics, timings, versions, rank count
     run.log                the log of rank 0
-    fem/density.xdmf/.h5   finite element density and velocity (ParaView), density.bp (VTX)
+    fem/density.pvd        finite element density (cell data) and velocity (point data) on ONE
+                           grid per save time (fem/density/*.vtu; ParaView, pyvista)
+    fem/density.xdmf/.h5   the same as two functions (Xdmf3ReaderT), density.bp (VTX, DG1)
     fem_solution.npz       the finite element solution (FieldSolution.save)
     particles/*.vtp, particles.pvd   particle runs as point-cloud series (ParaView)
     particles.npz          the particle ensemble (EnsembleSolution.save)
+    view.py                ParaView script: density, velocity arrows, particles, time
+                           (``pvpython view.py [--screenshot out.png]``; app/paraview.py)
     figures/summary.png    energies, W1, the final densities
     checkpoints/           fem-<step>.npz, particles-<step>.npz (see attnflow.app.checkpoint)
 
@@ -62,6 +66,7 @@ from attnflow.app.config import Config
 from attnflow.app.figures import causal_figure, summary_figure
 from attnflow.app.logs import Progress
 from attnflow.app.manifest import Manifest
+from attnflow.app.paraview import VIEW_SCRIPT, write_view_script
 from attnflow.app.resume import record_problem
 from attnflow.io import write_point_cloud_series, write_text_atomic
 from attnflow.particles import ensemble
@@ -497,6 +502,14 @@ def execute(
                 write_point_cloud_series(run_dir, ens.t, ens.x[r], name=name)
                 manifest.record(run_dir / f"{name}.pvd", run_dir / name)
                 files.append(f"{name}.pvd")
+        if cfg.output.paraview and cfg.model.d <= 3 and not causal:
+            geom = build.geometry(cfg)
+            manifest.pending(run_dir / VIEW_SCRIPT)
+            write_view_script(
+                run_dir, name=cfg.run.name, geometry="box" if geom == "euclidean" else geom
+            )
+            manifest.record(run_dir / VIEW_SCRIPT)
+            files.append(VIEW_SCRIPT)
         if cfg.output.figures:
             manifest.pending(run_dir / "figures", tree=True)
             if causal:
