@@ -22,12 +22,14 @@ from mpi4py import MPI
 from scipy.integrate import solve_ivp
 
 import attnflow as af
+from attnflow.app.style import add_format_argument, figsize, save_figure, use_style
 from attnflow.fem import MeanFieldSolver, box_mesh
 
 comm = MPI.COMM_WORLD
 parser = argparse.ArgumentParser(description="Gaussian solution in R^2: exact, FE, particles.")
 parser.add_argument("--output", type=Path, default=Path(__file__).parent / "output" / "gaussian")
 parser.add_argument("--small", action="store_true", help="small sizes (CI)")
+add_format_argument(parser)
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING)
 log = logging.getLogger("demo_gaussian_euclidean")
@@ -87,9 +89,11 @@ if comm.rank == 0:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    use_style()
+
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, ax = plt.subplots(1, 3, figsize=figsize("page", 0.4))
     for i, lab in enumerate(["$m_1$", "$m_2$"]):
         ax[0].plot(save_times, ex_m[:, i], "k-", lw=1)
         ax[0].plot(save_times, fem_m[:, i], "o", label=f"{lab} FE")
@@ -101,8 +105,8 @@ if comm.rank == 0:
             capsize=3,
             label=f"{lab} particles",
         )
-    ax[0].set(xlabel="t", title="mean (lines: exact)")
-    ax[0].legend(fontsize=8)
+    ax[0].set(xlabel="time $t$", ylabel="mean $m(t)$", title="mean (lines: exact)")
+    ax[0].legend(fontsize=6.5)
     for (i, j), lab in zip(
         [(0, 0), (1, 1), (0, 1)],
         [r"$\Sigma_{11}$", r"$\Sigma_{22}$", r"$\Sigma_{12}$"],
@@ -118,18 +122,22 @@ if comm.rank == 0:
             capsize=3,
             label=f"{lab} particles",
         )
-    ax[1].set(xlabel="t", title="covariance (lines: exact)")
-    ax[1].legend(fontsize=8)
+    ax[1].set(
+        xlabel="time $t$", ylabel=r"covariance $\Sigma(t)$", title="covariance (lines: exact)"
+    )
+    ax[1].legend(fontsize=6.5)
     w = fem.weights[-1]
-    ax[2].tricontourf(fem.points[:, 0], fem.points[:, 1], w / fem.point_weights, levels=20)
-    ax[2].scatter(*ens.x[0, -1].T, s=1, c="w", alpha=0.5)
+    cs = ax[2].tricontourf(fem.points[:, 0], fem.points[:, 1], w / fem.point_weights, levels=20)
+    ax[2].scatter(*ens.x[0, -1].T, s=0.4, c="w", alpha=0.35, label="particles")
     ax[2].set(
         aspect="equal",
         xlim=(-1, 3),
         ylim=(-2, 2),
-        title=f"t = {t_final:g}: FE density and particles",
+        xlabel="$x_1$",
+        ylabel="$x_2$",
+        title=f"$t$ = {t_final:g}: FE density, particles",
     )
+    fig.colorbar(cs, ax=ax[2], shrink=0.8).set_label(r"density $\rho$")
     fig.suptitle(r"SA in $\mathbb{R}^2$, $K = -Q$: a contracting Gaussian")
-    fig.tight_layout()
-    fig.savefig(out / "gaussian.png", dpi=100)
+    save_figure(fig, out / "gaussian", args.format)
     log.info("wrote %s", out)

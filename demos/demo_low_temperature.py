@@ -38,6 +38,7 @@ import numpy as np
 from mpi4py import MPI
 
 import attnflow as af
+from attnflow.app.style import add_format_argument, figsize, save_figure, use_style
 from attnflow.fem import DenseKernel, MeanFieldSolver, box_mesh
 from attnflow.studies.low_temperature import (
     cluster_count_sweep,
@@ -53,6 +54,7 @@ parser.add_argument(
     "--output", type=Path, default=Path(__file__).parent / "output" / "low_temperature"
 )
 parser.add_argument("--small", action="store_true", help="small sizes (CI)")
+add_format_argument(parser)
 args = parser.parse_args()
 logging.basicConfig(
     level=logging.INFO if comm.rank == 0 else logging.WARNING,
@@ -171,65 +173,83 @@ if comm.rank == 0:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(2, 2, figsize=(12, 9))
+    use_style()
+
+    fig, ax = plt.subplots(2, 2, figsize=figsize("page", 0.85))
     a = ax[0, 0]
     for k, b in enumerate(conc.betas):
-        (line,) = a.semilogy(conc.t, conc.to_limit[k], label=f"β = {b:g}")
+        (line,) = a.semilogy(conc.t, conc.to_limit[k], label=rf"$\beta$ = {b:g}")
         if conc.particles_to_limit is not None:
             a.semilogy(conc.t, conc.particles_to_limit[k], ":", color=line.get_color())
-    a.semilogy(conc.t, conc.zero_temperature, "k--", label="β = ∞ (e^{-t}/√6)")
+    a.semilogy(conc.t, conc.zero_temperature, "k--", label=r"$\beta = \infty$ ($e^{-t}/\sqrt{6}$)")
     a.set(
-        xlabel="t",
-        ylabel="W2(μ_t, T#μ0)",
+        xlabel="time $t$",
+        ylabel=r"$W_2(\mu_t, T_\#\mu_0)$",
         ylim=(5e-4, 1.5),
-        title="distance to the zero-temperature limit (dotted: particles)",
+        title="distance to the $\\beta=\\infty$ limit (dotted: particles)",
     )
-    a.legend(fontsize=8)
+    a.legend(fontsize=6.5)
     a = ax[0, 1]
-    a.loglog(conc.betas, conc.floor, "o-", label=f"min_t W2 (slope {conc.floor_slope:.2f})")
-    a.loglog(conc.betas, conc.rate, "k--", label="√(log(β+1)/β)")
-    a.set(xlabel="β", title="closest approach vs β")
+    a.loglog(conc.betas, conc.floor, "o-", label=rf"$\min_t W_2$ (slope {conc.floor_slope:.2f})")
+    a.loglog(conc.betas, conc.rate, "k--", label=r"$\sqrt{\log(\beta+1)/\beta}$")
+    a.set(
+        xlabel=r"inverse temperature $\beta$",
+        ylabel=r"closest distance $\min\, W_2$ over $t$",
+        title=r"closest approach vs $\beta$",
+    )
     a2 = a.twinx()
-    a2.semilogx(conc.betas, conc.t_floor, "s:", color="C1")
-    a2.semilogx(conc.betas, np.log(conc.betas), "-", color="C1", alpha=0.4)
-    a2.set_ylabel(f"t of closest approach (orange; line: log β; slope {conc.time_slope:.2f})")
-    a.legend(loc="lower left", fontsize=8)
+    a2.semilogx(
+        conc.betas,
+        conc.t_floor,
+        "s:",
+        color="C1",
+        label=f"time of closest approach (slope {conc.time_slope:.2f})",
+    )
+    a2.semilogx(conc.betas, np.log(conc.betas), "-", color="C1", alpha=0.4, label=r"$\log\beta$")
+    a2.set_ylabel("time of closest approach $t$", color="C1")
+    h1, l1 = a.get_legend_handles_labels()
+    h2, l2 = a2.get_legend_handles_labels()
+    a.legend(h1 + h2, l1 + l2, loc="lower left", fontsize=6.5)
     a = ax[1, 0]
     a.errorbar(
         clusters.betas, clusters.mean, yerr=clusters.sd, fmt="o", label="clusters (particles)"
     )
-    a.loglog(clusters.betas, clusters.n_star, "k--", label="n* (most unstable mode)")
-    a.loglog(clusters.betas, np.sqrt(2 * clusters.betas), ":", label="√(2β)")
+    a.loglog(clusters.betas, clusters.n_star, "k--", label=r"$n^\star$ (most unstable mode)")
+    a.loglog(clusters.betas, np.sqrt(2 * clusters.betas), ":", label=r"$\sqrt{2\beta}$")
     a.set(
         xscale="log",
         yscale="log",
-        xlabel="β",
-        title=f"clusters on S^1 (exponent {clusters.exponent:.2f})",
+        xlabel=r"inverse temperature $\beta$",
+        ylabel="number of clusters",
+        title=f"clusters on $S^1$ (exponent {clusters.exponent:.2f})",
     )
-    a.legend(fontsize=8)
+    a.legend(fontsize=6.5)
     a = ax[1, 1]
     for k, b in enumerate(stairs.betas):
-        a.plot(stairs.rescaled_times, stairs.log_energy_ratio[k], label=f"β = {b:g}")
+        a.plot(stairs.rescaled_times, stairs.log_energy_ratio[k], label=rf"$\beta$ = {b:g}")
     a.set(
-        xlabel="s = log(1+t)/log(1+T_ref)",
-        ylabel="log(E / E_max)",
-        title="energy staircase (dynamic metastability)",
+        xlabel=r"rescaled time $s = \log(1+t)/\log(1+T_\mathrm{ref})$",
+        ylabel=r"$\log(E / E_\max)$",
+        title="energy staircase (metastability)",
     )
-    a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "low_temperature.png", dpi=110)
+    a.legend(fontsize=6.5)
+    save_figure(fig, out / "low_temperature", args.format)
 
     # Density snapshots: finite elements (cell masses) at beta = 10.
     from matplotlib.tri import Triangulation
 
-    fig, ax = plt.subplots(1, len(fem_times), figsize=(4 * len(fem_times), 4))
+    fig, ax = plt.subplots(
+        1, len(fem_times), figsize=figsize("page", 1.25 / len(fem_times)), sharey=True
+    )
     cells = fem.points.reshape(-1, fem.points_per_cell, 2).mean(axis=1)
     for j, t in enumerate(fem_times):
         m = fem.cell_masses(j)
         tri = Triangulation(cells[:, 0], cells[:, 1])
-        ax[j].tricontourf(tri, m / m.max(), levels=20, cmap="viridis")
-        ax[j].set(aspect="equal", title=f"FE density, β = 10, t = {t:g}")
+        cs = ax[j].tricontourf(tri, m / m.max(), levels=np.linspace(0, 1, 21))
+        ax[j].set(aspect="equal", title=rf"$\beta$ = 10, $t$ = {t:g}", xlabel="$x_1$")
         ax[j].add_patch(plt.Circle((0, 0), 1.0, fill=False, color="w", lw=0.8))
-    fig.tight_layout()
-    fig.savefig(out / "low_temperature_snapshots.png", dpi=100)
+    ax[0].set_ylabel("$x_2$")
+    bar = fig.colorbar(cs, ax=ax, shrink=0.8)
+    bar.set_label("FE cell mass / max")
+    save_figure(fig, out / "low_temperature_snapshots", args.format)
     log.info("figures and ParaView files in %s", out)
