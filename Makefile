@@ -45,8 +45,9 @@ test-mpi: $(STAMP)
 
 # The documentation site: Sphinx + MyST, warnings as errors; the gallery runs every demo with
 # --small (outputs kept in docs/_build/gallery and reused while demo and sources are unchanged).
+# -E: every page is read again (autodoc and viewcode do not notice changed sources otherwise).
 docs: $(STAMP)
-	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	$(VENV)/bin/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
 	@echo "docs: open docs/_build/html/index.html"
 
 # Opens the fresh build in headless Chromium (Debian's chromium + chromium-driver).

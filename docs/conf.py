@@ -28,7 +28,6 @@ extensions = [
     "myst_parser",
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
-    "sphinx.ext.viewcode",
     "attnflow_docs",
 ]
 
@@ -60,6 +59,8 @@ html_title = f"attnflow {release}"
 html_static_path: list[str] = []
 html_last_updated_fmt = None
 html_show_sourcelink = False
+# No sphinx.ext.viewcode: it links each module's source page to one documented name per module,
+# and the API documents a package's names under the package and the rest under the submodule.
 html_theme_options = {
     "navbar_align": "left",
     "show_toc_level": 2,
