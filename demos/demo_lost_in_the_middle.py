@@ -49,12 +49,15 @@ import numpy as np
 
 import attnflow as af
 from attnflow import causal
+from attnflow.app.style import add_format_argument, figsize, save_figure, use_style
 from attnflow.fem import CausalSolver, circle_mesh
 
 parser = argparse.ArgumentParser(description="The lost-in-the-middle retrieval profile.")
 parser.add_argument("--output", type=Path, default=Path(__file__).parent / "output" / "litm")
 parser.add_argument("--small", action="store_true", help="small sizes (CI)")
+add_format_argument(parser)
 args = parser.parse_args()
+use_style()
 comm = MPI.COMM_WORLD
 root = comm.rank == 0
 if root:
@@ -86,7 +89,7 @@ betas = [1.0, 3.0]
 fractions = [0.25, 0.5, 0.75, 1.0, 1.5]
 n_disc = 32 if args.small else 64
 s_plot = np.linspace(0.004, 1.0, 400)
-fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+fig, axes = plt.subplots(1, 3, figsize=figsize("page", 0.4))
 note("| beta | lambda | t_crit | t/t_crit | s_min (closed form) | s_min (N-token route) |")
 note("|---|---|---|---|---|---|")
 for ax, beta in zip(axes[:2], betas, strict=True):
@@ -95,7 +98,7 @@ for ax, beta in zip(axes[:2], betas, strict=True):
     for f, c in zip(fractions, colors, strict=True):
         t = f * tc
         prof = causal.retrieval_score(beta, lam, t, s_plot)
-        ax.plot(s_plot, prof / prof[-1], color=c, label=f"t = {f:g} t_crit")
+        ax.plot(s_plot, prof / prof[-1], color=c, ls="-", label=rf"$t = {f:g}\,t_c$")
         s_d, v_d = causal.discrete_retrieval_score(beta, lam, t, n_disc)
         v_d = v_d[0, :-1]  # the last token's own atom left out
         ax.plot(s_d[:-1], v_d / prof[-1], "o", ms=3, color=c, alpha=0.7)
@@ -106,21 +109,26 @@ for ax, beta in zip(axes[:2], betas, strict=True):
             ax.plot(s_min, causal.retrieval_score(beta, lam, t, s_min) / prof[-1], "kv")
         note(f"| {beta:g} | {lam:g} | {tc:.4g} | {f:g} | {s_min:.4f} | {s_min_d:.4f} |")
     ax.set(
-        xlabel="source position s",
-        ylabel="S_t(s) / S_t(1)",
-        title=f"beta = {beta:g}, lambda = {lam:g} (dots: N = {n_disc})",
+        xlabel="source position $s$",
+        ylabel=r"retrieval score $S_t(s) / S_t(1)$",
+        title=rf"$\beta = {beta:g}$, $\lambda = {lam:g}$ (dots: $N = {n_disc}$)",
     )
     ax.set_ylim(0, 2.5)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6.5)
 # t_crit against beta for several slopes (the companion code's threshold curve)
 b_grid = np.linspace(0.1, 4.8, 48)
 for lam_c in [0.5, 1.0, 2.0, 4.0]:
-    axes[2].semilogy(b_grid, [causal.t_crit(b, lam_c) for b in b_grid], label=f"lambda={lam_c:g}")
-axes[2].set(xlabel="beta", ylabel="t_crit", title="largest time with recency")
+    axes[2].semilogy(
+        b_grid, [causal.t_crit(b, lam_c) for b in b_grid], label=rf"$\lambda = {lam_c:g}$"
+    )
+axes[2].set(
+    xlabel=r"inverse temperature $\beta$",
+    ylabel=r"critical time $t_c$",
+    title="largest time with recency",
+)
 axes[2].legend()
-fig.tight_layout()
 if root:
-    fig.savefig(args.output / "litm_profiles.png", dpi=90)
+    save_figure(fig, args.output / "litm_profiles", args.format)
 plt.close(fig)
 # -
 
@@ -157,14 +165,17 @@ note(
     + "; rates "
     + ", ".join(f"{r:.3f}" for r in rates)
 )
-fig, ax = plt.subplots(figsize=(5, 4))
-ax.loglog(sizes, errs, "o-", label="max |N e^{tA_N} - R|")
-ax.loglog(sizes, errs[0] * sizes[0] / np.array(sizes), "k--", label="1/N")
-ax.set(xlabel="tokens N", ylabel="error", title="discrete route -> closed form")
+fig, ax = plt.subplots(figsize=figsize("column", 0.8))
+ax.loglog(sizes, errs, "o-", label=r"$\max\,|N e^{tA_N} - R|$")
+ax.loglog(sizes, errs[0] * sizes[0] / np.array(sizes), "k--", label="$1/N$")
+ax.set(
+    xlabel="number of tokens $N$",
+    ylabel="max error",
+    title=r"discrete route $\to$ closed form",
+)
 ax.legend()
-fig.tight_layout()
 if root:
-    fig.savefig(args.output / "litm_convergence.png", dpi=90)
+    save_figure(fig, args.output / "litm_convergence", args.format)
 plt.close(fig)
 # -
 
@@ -190,7 +201,7 @@ ens = causal.prompt_ensemble(
 )
 est = causal.correlation_mc(ens, n_mode)
 s_d, c_d = causal.discrete_correlation(n_mode, beta, lam, est.t, n_tok)
-fig, ax = plt.subplots(figsize=(6.5, 4.2))
+fig, ax = plt.subplots(figsize=figsize("page", 0.5))
 s_fine = np.linspace(0.01, 1.0, 300)
 note("")
 note(
@@ -207,15 +218,15 @@ for k_t, c in zip([1, 2], ["C0", "C1"], strict=True):
         fmt="o",
         ms=3,
         color=c,
-        label=f"particles, t = {t:.2f}",
+        label=f"particles, $t$ = {t:.2f}",
     )
-    ax.plot(s_d[:-1], c_d[k_t, :-1], "x", color=c, label=f"N-token linearised, t = {t:.2f}")
+    ax.plot(s_d[:-1], c_d[k_t, :-1], "x", color=c, label=f"$N$-token linearised, $t$ = {t:.2f}")
     ax.plot(
         s_fine,
         causal.correlation_kernel(n_mode, beta, lam, t, s_fine),
         "-",
         color=c,
-        label=f"closed form, t = {t:.2f}",
+        label=f"closed form, $t$ = {t:.2f}",
     )
     for k in [0, n_tok // 4, n_tok // 2, 3 * n_tok // 4, n_tok - 2]:
         cf = float(causal.correlation_kernel(n_mode, beta, lam, t, est.s[k]))
@@ -224,15 +235,14 @@ for k_t, c in zip([1, 2], ["C0", "C1"], strict=True):
             f"{2 * est.stderr[k_t, k]:.4f} | {c_d[k_t, k]:.4f} | {cf:.4f} |"
         )
 ax.set(
-    xlabel="source position s",
-    ylabel="N E[e^{-i theta_N(t)} e^{i theta_k(0)}]",
+    xlabel="source position $s$",
+    ylabel=r"$N\,\mathbb{E}[e^{-i\theta_N(t)} e^{i\theta_k(0)}]$",
     title=f"particles vs theory (N = {n_tok}, {n_prompts} prompts)",
 )
 ax.set_ylim(0, None)
 ax.legend(fontsize=7)
-fig.tight_layout()
 if root:
-    fig.savefig(args.output / "litm_particles.png", dpi=90)
+    save_figure(fig, args.output / "litm_particles", args.format)
 plt.close(fig)
 # -
 
@@ -272,17 +282,20 @@ for l0 in sources:
     fe_vals.append(fe)
     cf = float(causal.correlation_kernel(n_mode, beta, lam, t_lin, (l0 + 1) / n_s))
     note(f"| {l0} | {(l0 + 1) / n_s:.4f} | {fe:.5f} | {c_ns[0, l0]:.5f} | {cf:.5f} |")
-fig, ax = plt.subplots(figsize=(5.5, 4))
+fig, ax = plt.subplots(figsize=figsize("column", 0.8))
 ax.plot(
     s_fine, causal.correlation_kernel(n_mode, beta, lam, t_lin, s_fine), "k-", label="closed form"
 )
-ax.plot((np.arange(n_s - 1) + 1) / n_s, c_ns[0, :-1], "x", label=f"N-token, N = {n_s}")
+ax.plot((np.arange(n_s - 1) + 1) / n_s, c_ns[0, :-1], "x", label=f"$N$-token, $N$ = {n_s}")
 ax.plot((np.array(sources) + 1) / n_s, fe_vals, "o", mfc="none", label="kinetic FE (linear)")
-ax.set(xlabel="source position s", ylabel="R_1(t; 1, s)", title=f"linear response, t = {t_lin:.2f}")
+ax.set(
+    xlabel="source position $s$",
+    ylabel="$R_1(t; 1, s)$",
+    title=f"linear response, $t$ = {t_lin:.2f}",
+)
 ax.legend()
-fig.tight_layout()
 if root:
-    fig.savefig(args.output / "litm_kinetic_linear.png", dpi=90)
+    save_figure(fig, args.output / "litm_kinetic_linear", args.format)
 plt.close(fig)
 # -
 
@@ -321,26 +334,25 @@ note(
 )
 theta = np.arctan2(ks.points[:, 1], ks.points[:, 0])
 order = np.argsort(theta)
-fig, axes = plt.subplots(1, saves.size, figsize=(3.2 * saves.size, 3.4), sharey=True)
+fig, axes = plt.subplots(1, saves.size, figsize=figsize("page", 1.6 / saves.size), sharey=True)
 dens_all = ks.weights / ks.point_weights[None, None, :]
 vmax = float(np.quantile(dens_all, 0.995))
 for k, ax in enumerate(axes):
     img = dens_all[k][:, order].T  # (points, slices)
-    ax.imshow(
+    im = ax.imshow(
         img,
         aspect="auto",
         origin="lower",
         extent=[0, 1, -np.pi, np.pi],
         vmin=0,
         vmax=vmax,
-        cmap="magma",
         interpolation="nearest",
     )
-    ax.set(xlabel="s", title=f"t = {ks.t[k]:.2f}")
-axes[0].set_ylabel("theta")
-fig.tight_layout()
+    ax.set(xlabel="source position $s$", title=f"$t$ = {ks.t[k]:.2f}")
+axes[0].set_ylabel(r"angle $\theta$")
+fig.colorbar(im, ax=axes, shrink=0.85).set_label(r"density $f(t, s, \theta)$")
 if root:
-    fig.savefig(args.output / "litm_kinetic_density.png", dpi=90)
+    save_figure(fig, args.output / "litm_kinetic_density", args.format)
 plt.close(fig)
 
 m_block = 4 if args.small else 8
