@@ -39,6 +39,7 @@ import numpy as np
 from mpi4py import MPI
 
 import attnflow as af
+from attnflow.app.style import add_format_argument, figsize, save_figure, use_style
 from attnflow.fem import circle_mesh, continuation, stationary_state
 from attnflow.io import write_point_cloud_series
 from attnflow.studies import phase_transitions as pt
@@ -47,6 +48,7 @@ comm = MPI.COMM_WORLD
 parser = argparse.ArgumentParser(description="Noise-driven phase transition on S^1.")
 parser.add_argument("--output", type=Path, default=Path(__file__).parent / "output" / "noise")
 parser.add_argument("--small", action="store_true", help="small sizes (CI)")
+add_format_argument(parser)
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING)
 logging.getLogger("attnflow").setLevel(logging.WARNING)
@@ -211,7 +213,9 @@ if comm.rank == 0:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    use_style()
+
+    fig, axes = plt.subplots(1, 3, figsize=figsize("page", 0.48), sharey=True)
     for ax, (label, beta, norm) in zip(axes, cases, strict=True):
         sc = pt.critical_noise(beta, normalized=norm)
         r = ref[label]
@@ -238,19 +242,18 @@ if comm.rank == 0:
         for f in r.folds():
             ax.plot(f[1] / sc, f[0], "k^", label="fold (spectral)")
         ax.axvline(1.0, color="0.7", lw=0.8)
-        ax.set_title(f"{label}\n$\\sigma_c$ = {sc:.4f}, g = {r.g:+.3f}")
-        ax.set_xlabel(r"$\sigma / \sigma_c$ (FE: / its own $\sigma_c^h$)")
+        ax.set_title(f"{label}\n$\\sigma_c$ = {sc:.4f}, $g$ = {r.g:+.3f}")
+        ax.set_xlabel(r"noise $\sigma / \sigma_c$ (FE: $/\sigma_c^h$)")
         ax.set_xlim(0.3, 1.25)
     axes[0].set_ylabel(r"amplitude $m = |\int x \rho|$")
-    axes[0].legend(fontsize=8, loc="upper right")
+    axes[0].legend(fontsize=6.5, loc="upper right")
     fig.suptitle(
-        "Bifurcation diagram: spectral reference (line: solid stable, dashed unstable) "
-        "and finite elements (dots)"
+        "Bifurcation diagram: spectral reference (solid: stable, dashed: unstable), "
+        "finite elements (dots)"
     )
-    fig.tight_layout()
-    fig.savefig(out / "bifurcation_diagram.png", dpi=100)
+    save_figure(fig, out / "bifurcation_diagram", args.format)
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=figsize("page", 0.45))
     th = np.linspace(-np.pi, np.pi, 400)
     xx = np.stack([np.cos(th), np.sin(th)], axis=1)
     ax = axes[0]
@@ -278,10 +281,10 @@ if comm.rank == 0:
             lw=0.8,
             label=f"$\\sigma/\\sigma_c$ = {stk.sigma / sb:.3f}",
         )
-    ax.set_title("SA, beta = 4: FE stationary states (dots) and spectral profiles (lines)")
-    ax.set_xlabel(r"$\theta$ (from the mean direction)")
-    ax.set_ylabel(r"$\rho$")
-    ax.legend(fontsize=8)
+    ax.set_title("SA, $\\beta$ = 4: FE states (dots),\nspectral profiles (lines)")
+    ax.set_xlabel(r"angle $\theta$ from the mean direction")
+    ax.set_ylabel(r"density $\rho$")
+    ax.legend(fontsize=6.5)
     ax = axes[1]
     for name, sol in runs.items():
         xs = sol.x[-1]
@@ -297,24 +300,27 @@ if comm.rank == 0:
         )
     ax.plot(th, prof(xx), "k-", lw=1.2, label="clustered stationary state")
     ax.axhline(1 / (2 * np.pi), color="k", ls=":", lw=1.0, label="uniform state")
-    ax.set_title(f"USA, beta = 4, sigma = {sigma_h:.3f} in ($\\sigma_c$, $\\sigma_f$): bistability")
-    ax.set_xlabel(r"$\theta$ (from the mean direction)")
-    ax.legend(fontsize=8)
+    ax.set_title(
+        f"USA, $\\beta$ = 4, $\\sigma$ = {sigma_h:.3f}\nin ($\\sigma_c$, $\\sigma_f$): bistability"
+    )
+    ax.set_xlabel(r"angle $\theta$ from the mean direction")
+    ax.set_ylabel(r"density $\rho$")
+    ax.legend(fontsize=6.5)
     ax = axes[2]
     for name, sol in runs.items():
         ax.plot(
             save,
             [np.linalg.norm(sol.x[k].mean(axis=0)) for k in range(save.size)],
             ".-",
-            label=f"particles {name} (N = {n_tokens})",
+            label=f"particles {name}".replace("particles from", "from"),
         )
-    ax.axhline(prof.amplitude, color="k", lw=1.0, label="stable clustered state")
+    ax.axhline(prof.amplitude, color="k", lw=1.0, label="stable cluster")
     ax.axhline(m_unstable, color="k", ls="--", lw=1.0, label="unstable branch")
     ax.axhline(0.0, color="k", ls=":", lw=1.0, label="uniform state")
-    ax.set_xlabel("t")
-    ax.set_ylabel(r"$|\frac{1}{N}\sum_i x_i|$")
-    ax.set_title("order parameter of the particles")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "stationary_profiles.png", dpi=100)
+    ax.set_xlabel("time $t$")
+    ax.set_ylabel(r"order parameter $|\frac{1}{N}\sum_i x_i|$")
+    ax.set_title(f"order parameter of the\nparticles ($N$ = {n_tokens})")
+    ax.set_ylim(-0.02, 1.45)  # room for the legend above the curves
+    ax.legend(fontsize=6, loc="upper left")
+    save_figure(fig, out / "stationary_profiles", args.format)
     log.info("figures in %s", out)
