@@ -29,7 +29,16 @@ import numpy as np
 from mpi4py import MPI
 
 import attnflow as af
-from attnflow.fem import DenseKernel, MeanFieldSolver, sphere_mesh
+from attnflow.app.style import (
+    add_format_argument,
+    cell_to_vertex,
+    figsize,
+    save_figure,
+    sphere_scatter,
+    sphere_views,
+    use_style,
+)
+from attnflow.fem import DenseKernel, MeanFieldSolver, icosphere, sphere_mesh
 
 comm = MPI.COMM_WORLD
 parser = argparse.ArgumentParser(description="Attention + perceptron on S^2; two heads.")
@@ -37,6 +46,7 @@ parser.add_argument(
     "--output", type=Path, default=Path(__file__).parent / "output" / "perceptron_sphere"
 )
 parser.add_argument("--small", action="store_true", help="small sizes (CI)")
+add_format_argument(parser)
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING)
 log = logging.getLogger("demo_perceptron_sphere")
@@ -115,33 +125,46 @@ if comm.rank == 0:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    use_style()
+
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
 
-    def lonlat(x):
-        x = x / np.linalg.norm(x, axis=1, keepdims=True)
-        return np.arctan2(x[:, 1], x[:, 0]), np.arcsin(np.clip(x[:, 2], -1, 1))
-
-    fig, ax = plt.subplots(1, 4, figsize=(17, 3.6))
-    ax[0].plot(saves, g_fem, "o-", label="FE")
-    ax[0].plot(saves, g_par, "x--", label="particles")
-    ax[0].set(xlabel="t", title=r"$G = E + \int\Phi$ (non-decreasing)")
-    ax[0].legend()
-    ax[1].plot(saves, supp, "o-")
-    ax[1].set(xlabel="t", ylabel="fraction of $S^2$", title="area holding 90% of the FE mass")
-    npc = fem.points_per_cell
-    centres = fem.points.reshape(-1, npc, 3).mean(axis=1)
-    cell_mass = np.maximum(fem.weights[-1], 0).reshape(-1, npc).sum(axis=1)
-    lo, la = lonlat(centres)
-    ax[2].scatter(lo, la, s=4e3 * cell_mass / cell_mass.sum(), c="C0", alpha=0.5, label="FE")
-    plo, pla = lonlat(parts.x[-1])
-    ax[2].scatter(plo, pla, s=1, c="k", alpha=0.5, label="particles")
-    ax[2].legend(fontsize=7)
-    ax[2].set(
-        xlabel="longitude", ylabel="latitude", title=f"t = {t_final:g}: FE cell masses, particles"
+    fig, ax = plt.subplot_mosaic(
+        [["G", "G", "area", "area", "w1", "w1"], ["front"] * 3 + ["back"] * 3],
+        figsize=figsize("page", 0.8),
+        height_ratios=[1, 1.3],
     )
-    ax[3].plot(saves_h, w1, "o-")
-    ax[3].set(xlabel="t", title="two heads: W1(FE, particles) on $S^2$")
-    fig.tight_layout()
-    fig.savefig(out / "perceptron_sphere.png", dpi=80)
+    ax["G"].plot(saves, g_fem, "o-", label="FE")
+    ax["G"].plot(saves, g_par, "x--", label="particles")
+    ax["G"].set(xlabel="time $t$", ylabel=r"$G = E + \int\Phi\,d\rho$", title="non-decreasing")
+    ax["G"].legend()
+    ax["area"].plot(saves, supp, "o-")
+    ax["area"].set(
+        xlabel="time $t$", ylabel="fraction of $S^2$", title="area holding 90% of FE mass"
+    )
+    ax["w1"].plot(saves_h, w1, "o-")
+    ax["w1"].set(xlabel="time $t$", ylabel=r"$W_1$(FE, particles)", title="two heads on $S^2$")
+    # The final FE density on two opposite views (level-`level` cells averaged to the
+    # vertices, display mesh refined), the particles on top as black dots.
+    v, f = icosphere(level)
+    tri = v[f]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    h = af.metrics.sphere_histogram(fem.points, np.maximum(fem.weights[-1], 0), level)
+    dens = np.log10(np.maximum(cell_to_vertex(v, f, h / area * area.sum() / h.sum()), 1e-2))
+    views = [ax["front"], ax["back"]]
+    m = sphere_views(
+        views,
+        v,
+        f,
+        dens,
+        refine=max(0, 5 - level),
+        vmin=-2.0,
+        vmax=float(dens.max()),
+        titles=[f"$t$ = {t_final:g}: FE density, particles (front)", "back (opposite)"],
+    )
+    sphere_scatter(views, parts.x[-1], s=1.0, c="white", alpha=0.8)
+    bar = fig.colorbar(m, ax=views, shrink=0.9)
+    bar.set_label(r"$\log_{10}(\rho / \bar\rho)$")
+    save_figure(fig, out / "perceptron_sphere", args.format)
     log.info("wrote %s", out)

@@ -8,7 +8,8 @@
   checks it (:func:`check_figure`): every rectilinear axes that shows data names its quantity on
   both axes, every colour bar has a label.
 * :func:`sphere_views` draws a field on S^2 as two opposite orthographic views (smooth Gouraud
-  shading on a refined icosphere), :func:`refine_sphere` and :func:`cell_to_vertex` prepare it.
+  shading on a refined icosphere), :func:`refine_sphere` and :func:`cell_to_vertex` prepare it;
+  :func:`sphere_scatter` adds points (tokens) to the same views.
 * :func:`add_format_argument` gives a demo its ``--format`` option.
 
 matplotlib is imported inside the functions (the module is light at import).
@@ -36,6 +37,7 @@ __all__ = [
     "figsize",
     "refine_sphere",
     "save_figure",
+    "sphere_scatter",
     "sphere_views",
     "style_params",
     "use_style",
@@ -311,13 +313,41 @@ def _view_frame(direction: Sequence[float]) -> np.ndarray:
     return np.stack([right, np.cross(n, right), n])
 
 
+_DEFAULT_DIRECTIONS = ((1.0, 1.0, 0.6), (-1.0, -1.0, -0.6))
+
+
+def sphere_scatter(
+    axes: Sequence,
+    x: np.ndarray,
+    *,
+    directions: Sequence[Sequence[float]] = _DEFAULT_DIRECTIONS,
+    **kwargs: Any,
+) -> None:
+    """Draw the points of ``x`` that face each view of :func:`sphere_views` (same directions).
+
+    Parameters
+    ----------
+    axes : one matplotlib axes per direction
+    x : (n, 3) points on the unit sphere
+    directions : view directions (as given to :func:`sphere_views`)
+    **kwargs : passed to ``ax.scatter`` (default: small black dots)
+    """
+    if len(axes) != len(directions):
+        raise ValueError(f"axes: one per direction ({len(directions)}), got {len(axes)}")
+    kw = {"s": 0.5, "c": "k", "alpha": 0.6, "linewidths": 0} | kwargs
+    for ax, direction in zip(axes, directions, strict=True):
+        p = np.asarray(x, float) @ _view_frame(direction).T
+        front = p[:, 2] > 0
+        ax.scatter(p[front, 0], p[front, 1], **kw)
+
+
 def sphere_views(
     axes: Sequence,
     v: np.ndarray,
     f: np.ndarray,
     values: np.ndarray,
     *,
-    directions: Sequence[Sequence[float]] = ((1.0, 1.0, 0.6), (-1.0, -1.0, -0.6)),
+    directions: Sequence[Sequence[float]] = _DEFAULT_DIRECTIONS,
     titles: Sequence[str] | None = None,
     refine: int = 0,
     cmap: str = CMAP,
