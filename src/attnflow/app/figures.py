@@ -137,7 +137,7 @@ def _line_panels(axes, lines, cfg, fem, ens, cmp, free, particle_log_energy) -> 
         ax.set(
             xlabel="t",
             ylabel=r"$\sigma\int\rho\log\rho - E$",
-            title=f"free energy (finite elements), sigma = {cfg.model.noise:g}",
+            title=f"free energy, sigma = {cfg.model.noise:g}",
         )
 
 
