@@ -31,6 +31,7 @@ import numpy as np
 from mpi4py import MPI
 
 import attnflow as af
+from attnflow.app.style import add_format_argument, figsize, save_figure, use_style
 from attnflow.fem import MeanFieldSolver, box_mesh
 from attnflow.studies.flows import fit_controls
 
@@ -40,6 +41,7 @@ parser.add_argument(
     "--output", type=Path, default=Path(__file__).parent / "output" / "normalizing_flow"
 )
 parser.add_argument("--small", action="store_true", help="small sizes (CI)")
+add_format_argument(parser)
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING)
 log = logging.getLogger("demo_normalizing_flow")
@@ -104,30 +106,39 @@ if comm.rank == 0:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    use_style()
+
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     n_pan = len(times) + 1
-    fig, ax = plt.subplots(1, n_pan + 1, figsize=(3.1 * (n_pan + 1), 3.3))
+    n_col = (n_pan + 2) // 2
+    fig, axs = plt.subplots(2, n_col, figsize=figsize("page", 0.72))
+    ax = axs.ravel()
+    for extra in ax[n_pan + 1 :]:
+        extra.set_axis_off()
     pts = whole.points
-    for k in range(len(times)):
-        rho = np.maximum(whole.weights[k], 0) / whole.point_weights
-        ax[k].tricontourf(pts[:, 0], pts[:, 1], rho, levels=20, cmap="viridis")
-        ax[k].scatter(*parts.x[k][:400].T, s=0.6, c="w", alpha=0.6)
-        ax[k].set(aspect="equal", xlim=(-3.5, 3.5), ylim=(-3.5, 3.5))
-        ax[k].set_title(f"after {k} switches" if k else "base N(0, I)", fontsize=9)
-        ax[k].set_xticks([])
-        ax[k].set_yticks([])
     g = np.linspace(-3.5, 3.5, 150)
     X, Y = np.meshgrid(g, g)
     dens = target_pdf(np.stack([X.ravel(), Y.ravel()], 1)).reshape(X.shape)
-    ax[n_pan - 1].contourf(X, Y, dens, levels=20)
+    rhos = [np.maximum(whole.weights[k], 0) / whole.point_weights for k in range(len(times))]
+    levels = np.linspace(0.0, max(dens.max(), *(r.max() for r in rhos)), 21)  # one colour scale
+    for k, rho in enumerate(rhos):
+        cs = ax[k].tricontourf(pts[:, 0], pts[:, 1], rho, levels=levels)
+        ax[k].scatter(*parts.x[k][:400].T, s=0.6, c="w", alpha=0.6)
+        ax[k].set(aspect="equal", xlim=(-3.5, 3.5), ylim=(-3.5, 3.5))
+        ax[k].set_title(f"after {k} switch{'es' if k > 1 else ''}" if k else "base $N(0, I)$")
+        ax[k].set(xlabel="$x_1$", ylabel="$x_2$")
+    ax[n_pan - 1].contourf(X, Y, dens, levels=levels)
     ax[n_pan - 1].scatter(*ys[:400].T, s=0.6, c="w", alpha=0.6)
-    ax[n_pan - 1].set(aspect="equal", title="target", xticks=[], yticks=[])
-    ax[-1].semilogy(np.arange(len(fit.kl)), fit.kl, "o-", label="KL(FE | target), mesh")
-    ax[-1].semilogy(np.arange(1, len(fit.kl)), fit.kl_search, "x", label="search (exact map)")
-    ax[-1].semilogy(np.arange(len(w1)), w1, "s--", label="W1(particles, target)")
-    ax[-1].set(xlabel="switches", title="relative entropy, W1")
-    ax[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "normalizing_flow.png", dpi=80)
+    ax[n_pan - 1].set(aspect="equal", title="target", xlabel="$x_1$", ylabel="$x_2$")
+    bar = fig.colorbar(cs, ax=ax[:n_pan], shrink=0.8)
+    bar.set_ticks(np.linspace(0.0, levels[-1], 5))
+    bar.ax.yaxis.set_major_formatter("{x:.2f}")
+    bar.set_label(r"density $\rho$ (white: particles)")
+    ax[n_pan].semilogy(np.arange(len(fit.kl)), fit.kl, "o-", label="KL(FE | target), mesh")
+    ax[n_pan].semilogy(np.arange(1, len(fit.kl)), fit.kl_search, "x", label="search (exact map)")
+    ax[n_pan].semilogy(np.arange(len(w1)), w1, "s--", label="$W_1$(particles, target)")
+    ax[n_pan].set(xlabel="number of switches", ylabel="KL, $W_1$", title="distance to the target")
+    ax[n_pan].legend(fontsize=6.5, loc="lower left")
+    save_figure(fig, out / "normalizing_flow", args.format)
     log.info("wrote %s", out)
