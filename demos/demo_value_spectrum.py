@@ -26,12 +26,14 @@ from scipy.linalg import expm
 from scipy.spatial import ConvexHull
 
 import attnflow as af
+from attnflow.app.style import add_format_argument, figsize, save_figure, use_style
 from attnflow.fem import MeanFieldSolver, box_mesh
 
 comm = MPI.COMM_WORLD
 parser = argparse.ArgumentParser(description="Limit shapes in the rescaled variable e^{-tV} x.")
 parser.add_argument("--output", type=Path, default=Path(__file__).parent / "output" / "value")
 parser.add_argument("--small", action="store_true", help="small sizes (CI)")
+add_format_argument(parser)
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO if comm.rank == 0 else logging.WARNING)
 log = logging.getLogger("demo_value_spectrum")
@@ -75,12 +77,21 @@ if comm.rank == 0:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.5))
+    use_style()
+
+    fig, ax = plt.subplots(1, 3, figsize=figsize("page", 0.4))
     for i, (name, V) in enumerate(values.items()):
         z = rescaled(V, t_long, long_runs[name].x[-1])
         lab = clusters(z)
-        ax[i].scatter(*z.T, s=4, c=lab, cmap="tab10")
-        ax[i].set(aspect="equal", title=rf"{name}: $z = e^{{-tV}}x$ at t = {t_long:g}")
+        # Clusters told apart by marker and grey level, not by hue alone.
+        for k in np.unique(lab):
+            ax[i].scatter(*z[lab == k].T, s=12, marker="osd^v<>ph*"[k % 10], color=f"C{k % 7}")
+        ax[i].set(
+            aspect="equal",
+            title=rf"{name}: $z = e^{{-tV}}x$, $t$ = {t_long:g}",
+            xlabel="$z_1$",
+            ylabel="$z_2$",
+        )
         fem, sol = fem_runs[name], long_runs[name]
         zf = rescaled(V, t_fem, fem.points)
         w1 = af.metrics.wasserstein(zf, fem.weights[-1], rescaled(V, t_fem, sol.x[1]), None).value
@@ -107,16 +118,18 @@ if comm.rank == 0:
     name = "V = I"
     zf = rescaled(values[name], t_fem, fem_runs[name].points)
     dens = fem_runs[name].weights[-1] / fem_runs[name].point_weights
-    ax[2].tricontourf(*zf.T, dens, levels=20, cmap="viridis")
-    ax[2].scatter(*rescaled(values[name], t_fem, long_runs[name].x[1]).T, s=2, c="w")
+    cs = ax[2].tricontourf(*zf.T, dens, levels=20)
+    ax[2].scatter(*rescaled(values[name], t_fem, long_runs[name].x[1]).T, s=0.8, c="w", alpha=0.6)
     ax[2].set(
         aspect="equal",
         xlim=(-2, 2),
         ylim=(-2, 2),
-        title=f"{name}, t = {t_fem:g}: FE density and particles (rescaled)",
+        xlabel="$z_1$",
+        ylabel="$z_2$",
+        title=f"{name}, $t$ = {t_fem:g}: FE, particles",
     )
-    fig.tight_layout()
-    fig.savefig(out / "value_spectrum.png", dpi=100)
+    fig.colorbar(cs, ax=ax[2], shrink=0.8).set_label(r"FE density $\rho$ (in $x$)")
+    save_figure(fig, out / "value_spectrum", args.format)
     for name, tag in (("V = I", "identity"), ("V = diag(1, 1/2)", "diagonal")):
         af.io.write_point_cloud_series(
             out, long_runs[name].t, long_runs[name].x, name=f"particles_{tag}"
