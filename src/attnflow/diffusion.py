@@ -41,6 +41,7 @@ class Diffusion(Dynamics):
     """
 
     needs_measure = False
+    has_drift = False
 
     def __init__(self, sigma: float, *, d: int | None = None, sphere: bool | None = None) -> None:
         a = check_real("sigma", sigma)

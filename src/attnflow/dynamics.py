@@ -60,6 +60,8 @@ class Dynamics(ABC):
     #: The diffusion coefficient ``sigma`` of an atomic term (``sigma Delta rho``; particles
     #: ``sqrt(2 sigma) dB``): nonzero for :class:`~attnflow.diffusion.Diffusion` only.
     diffusion: float = 0.0
+    #: Whether the term moves mass by a velocity field (``False`` for a pure diffusion).
+    has_drift: bool = True
     #: Whether the term has its space ``(d, sphere)``; a term without one (an unbound
     #: :class:`~attnflow.diffusion.Diffusion`) takes the space of the sum it joins.
     has_space: bool = True
@@ -335,6 +337,22 @@ class Sum(Dynamics):
 
     def speed_bound(self, radius: float, mass: float = 1.0) -> float:
         return float(sum(p.speed_bound(radius, mass) for p in self._parts))
+
+    def _drifts(self) -> tuple[Dynamics, ...]:
+        return tuple(p for p in self._parts if p.has_drift)
+
+    @property
+    def has_energy(self) -> bool:
+        """A sum has the interaction energy of its one term with a drift, when the others are
+        drift-free (``SelfAttention(...) + Diffusion(sigma)``: the energy ``E`` of the free
+        energy ``sigma int rho log rho - E``)."""
+        drifts = self._drifts()
+        return len(drifts) == 1 and drifts[0].has_energy
+
+    def log_energy(self, points: np.ndarray | Cloud, weights: np.ndarray | None = None) -> float:
+        if not self.has_energy:
+            raise NotImplementedError(f"{self!r} has no interaction energy")
+        return self._drifts()[0].log_energy(points, weights)
 
     def __repr__(self) -> str:
         return " + ".join(repr(p) for p in self._parts)

@@ -172,7 +172,9 @@ def test_output_files_are_written_only_where_asked(tmp_path_factory, monkeypatch
     solver = MeanFieldSolver(model, mesh, law)
     solver.solve(0.5)
     comm.Barrier()
-    assert list(out.iterdir()) == []  # nothing in the working directory by default
+    listed = list(out.iterdir())
+    comm.Barrier()  # every rank lists before rank 0 creates the output directory below
+    assert listed == []  # nothing in the working directory by default
     solver.solve(0.5, [0.0, 0.25, 0.5], output_dir=out / "run")
     comm.Barrier()
     assert {"density.xdmf", "density.h5"} <= {p.name for p in (out / "run").iterdir()}
