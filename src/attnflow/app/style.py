@@ -390,13 +390,15 @@ def sphere_views(
         frame = _view_frame(direction)
         p = v @ frame.T  # (n, 3): screen x, screen y, depth
         # A triangle is drawn if any vertex faces the viewer (the rim is covered completely).
+        # The shaded surface is rasterised in PDF/SVG (thousands of Gouraud triangles would make
+        # files of tens of MB); outlines and text stay vector graphics.
         # Drawn back to front, so the rim's far triangles lie under the near ones.
         depth = p[f, 2]
         vis = f[(depth > -0.05).any(axis=1)]
         vis = vis[np.argsort(p[vis, 2].mean(axis=1))]
         tri = mtri.Triangulation(p[:, 0], p[:, 1], vis)
         mappable = ax.tripcolor(
-            tri, values, shading="gouraud", cmap=cmap, vmin=vmin, vmax=vmax, rasterized=False
+            tri, values, shading="gouraud", cmap=cmap, vmin=vmin, vmax=vmax, rasterized=True
         )
         for curve in (circle, meridian):
             q = curve @ frame.T
