@@ -88,9 +88,10 @@ for ax, (d, H, beta) in zip(axes, cases, strict=True):
         n_features=4,
         record=max(1, n_layers // 20),
     )
-    for sol, label in ((dis, "discrete"), (sde, "SDE")):
+    for sol, label, fmt in ((dis, "discrete", "o-"), (sde, "SDE", "s--")):
         r = sol.mean_cosine()
-        ax.errorbar(sol.times, r.mean(0), r.std(0) / math.sqrt(n_runs), label=label, capsize=2)
+        se = r.std(0) / math.sqrt(n_runs)
+        ax.errorbar(sol.times, r.mean(0), se, fmt=fmt, ms=3, label=label, capsize=2)
     a, b = dis.mean_cosine()[:, -1], sde.mean_cosine()[:, -1]
     se = math.hypot(a.std(), b.std()) / math.sqrt(n_runs)
     rows.append((d, H, beta, a.mean(), b.mean(), se))
