@@ -16,8 +16,8 @@ or *View → Python Shell → Run Script* in the ParaView GUI. It opens
   ``velocity``; the largest arrow is 5 % of the domain's diagonal; at most about 48 (circle),
   200 (sphere) or 400 (box) arrows);
 * the particles of run 0 ``particles.pvd`` as white discs with a black edge (readable on every
-  colour of the map and in grey), drawn just outside the sphere or circle and just above a
-  planar box so that the density does not hide them;
+  colour of the map and in grey; grey discs when there is no density), drawn just outside the
+  sphere or circle and just above a planar box so that the density does not hide them;
 * the time as text, the last save time by default (``--time T`` for another).
 
 Files that a run did not write (a particles-only or finite-element-only run) are skipped. The
@@ -166,8 +166,13 @@ def main():
         pd.ColorArrayName = ["POINTS", ""]
         pd.SetRepresentationType("Point Gaussian")
         pd.ShaderPreset = "Black-edged circle"
+        if "density" not in shown:  # the particles alone: their extent, dark discs
+            parts.UpdatePipeline(times[-1] if times else 0.0)
+            b = parts.GetDataInformation().GetBounds()
+            diag = math.sqrt(sum((b[2 * i + 1] - b[2 * i]) ** 2 for i in range(3))) or 2.0
         pd.GaussianRadius = (0.01 if GEOMETRY == "circle" else 0.006) * diag
-        pd.AmbientColor = pd.DiffuseColor = [1.0, 1.0, 1.0]
+        white = [1.0, 1.0, 1.0] if "density" in shown else [0.3, 0.3, 0.3]
+        pd.AmbientColor = pd.DiffuseColor = white
         if GEOMETRY in ("sphere", "circle"):
             r = 1.08 if GEOMETRY == "circle" else 1.03
             pd.Scale = [r, r, r]  # just outside the density
