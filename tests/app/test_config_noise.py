@@ -78,9 +78,9 @@ def test_noise_builds_the_diffusion_term():
     # Without noise (or noise = 0) the model is the head itself, as before.
     for raw in (circle(), circle(noise=0.0)):
         assert type(build.build_model(parse_config(raw).model)) is af.SelfAttention
-    # The energy recorded is the head's (the noisy sum has none of its own).
-    cfg = parse_config(circle(noise=0.25))
-    assert not m.has_energy and build.energy_model(cfg.model).has_energy
+    # The energy recorded is the head's: the noisy sum has the energy of its one drift term.
+    head = build.build_model(parse_config(circle()).model)
+    assert m.has_energy and m.log_energy(x) == head.log_energy(x)
 
 
 def test_noise_with_a_perceptron_flow_and_controls():

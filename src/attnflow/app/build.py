@@ -45,7 +45,6 @@ __all__ = [
     "build_mesh",
     "build_model",
     "clusters_fn",
-    "energy_model",
     "geometry",
     "histogram_fn",
     "initial_density",
@@ -114,14 +113,6 @@ def build_model(model: ModelSection) -> Dynamics | CausalInteraction:
     for p in parts[1:]:
         out = out + p
     return out
-
-
-def energy_model(model: ModelSection) -> Any:
-    """The dynamics whose interaction energy a run records: that of ``[model]`` without its
-    noise (the energy ``E`` of the attention head; a noisy run's free energy is
-    ``sigma int rho log rho - E``). Check ``has_energy`` before using it (causal models have
-    none)."""
-    return build_model(replace(model, noise=0.0))
 
 
 def _named_law(initial: InitialSection, d: int) -> laws.Law:

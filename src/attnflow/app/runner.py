@@ -435,7 +435,7 @@ def execute(
     timings: dict[str, float] = {}
     fem = ens = cmp = energy = None
     causal = cfg.model.causal
-    model = build.energy_model(cfg.model)  # the energy E (a noisy run's is without the noise)
+    model = build.build_model(cfg.model)  # its energy E (a noisy sum has its head's)
     summary: dict[str, Any] = {
         "status": "running",
         "name": cfg.run.name,

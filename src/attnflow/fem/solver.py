@@ -68,7 +68,6 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from attnflow.cloud import Cloud
-from attnflow.diffusion import Diffusion
 from attnflow.dynamics import Dynamics
 from attnflow.fem.diffusion import DiffusionOperator, StageSolves
 from attnflow.fem.ordering import InputOrder
@@ -1014,13 +1013,7 @@ def _max_diffusivity(model: Dynamics) -> float:
 
 
 def _energy_term(model: Dynamics) -> Dynamics | None:
-    """The dynamics whose interaction energy the solver records: the model itself when it
-    has one, else its one non-diffusion term (``SelfAttention(...) + Diffusion(s)``) when
-    that has one; ``None`` otherwise (NaN records)."""
-    if model.has_energy:
-        return model
-    rest = {id(t): t for t in model.terms(None) if not isinstance(t, Diffusion)}
-    if len(rest) == 1 and not model.breakpoints:
-        (term,) = rest.values()
-        return term if term.has_energy else None
-    return None
+    """The dynamics whose interaction energy the solver records (a sum such as
+    ``SelfAttention(...) + Diffusion(s)`` has its attention term's), ``None`` when it has none
+    (NaN records)."""
+    return model if model.has_energy else None
