@@ -12,11 +12,58 @@
 The kinetic PDE for ``f(t, s, x)`` is solved by :class:`attnflow.fem.CausalSolver`.
 """
 
-from attnflow.causal.particles import *  # noqa: F403
-from attnflow.causal.particles import __all__ as _particles_all
-from attnflow.causal.theory import *  # noqa: F403
-from attnflow.causal.theory import __all__ as _theory_all
-from attnflow.causal.weights import *  # noqa: F403
-from attnflow.causal.weights import __all__ as _weights_all
+from attnflow.causal.particles import (
+    CausalInteraction,
+    CorrelationEstimate,
+    causal_velocity,
+    correlation_mc,
+    ensemble_causal,
+    prompt_ensemble,
+    prompt_memory,
+    simulate_causal,
+    simulate_prompts,
+)
+from attnflow.causal.theory import (
+    correlation_kernel,
+    discrete_correlation,
+    discrete_retrieval_score,
+    log_mode_rate,
+    mode_rate,
+    profile_minimum,
+    retrieval_score,
+    retrieval_score_slope,
+    retrieval_weights,
+    t_crit,
+)
+from attnflow.causal.weights import (
+    alibi_weights,
+    check_slope,
+    kappa,
+    slice_weights,
+)
 
-__all__ = [*_weights_all, *_particles_all, *_theory_all]
+__all__ = [
+    "CausalInteraction",
+    "CorrelationEstimate",
+    "alibi_weights",
+    "causal_velocity",
+    "check_slope",
+    "correlation_kernel",
+    "correlation_mc",
+    "discrete_correlation",
+    "discrete_retrieval_score",
+    "ensemble_causal",
+    "kappa",
+    "log_mode_rate",
+    "mode_rate",
+    "profile_minimum",
+    "prompt_ensemble",
+    "prompt_memory",
+    "retrieval_score",
+    "retrieval_score_slope",
+    "retrieval_weights",
+    "simulate_causal",
+    "simulate_prompts",
+    "slice_weights",
+    "t_crit",
+]
