@@ -565,7 +565,13 @@ class MeanFieldSolver:
             "ksp_type", "pc_type", "pc_factor_mat_solver_type"
         )
         # Steps and the saved densities, before the run (attnflow.resources).
-        check_steps(grid.t_final, time_step, "MeanFieldSolver.solve with its time step")
+        if time_step == self.cfl_dt:
+            origin = "its CFL step"
+        elif time_step == self.dt:
+            origin = "its time step dt"
+        else:
+            origin = "its step capped by the explicit diffusion bound"
+        check_steps(grid.t_final, time_step, f"MeanFieldSolver.solve with {origin}")
         n_pts, n_save = self.n_cells_global * self.cloud.n_q, grid.save_times.size
         check_memory(
             f"MeanFieldSolver.solve: {n_save} saved densities of {n_pts} points",
