@@ -102,10 +102,16 @@ from attnflow.causal.particles import CausalInteraction
 from attnflow.causal.weights import alibi_weights, check_slope, slice_weights
 from attnflow.cloud import Cloud
 from attnflow.fem.ordering import InputOrder
-from attnflow.fem.timestepping import DEFAULT_TS_OPTIONS, SSP_COEFFICIENT, inserted_options
+from attnflow.fem.timestepping import (
+    DEFAULT_TS_OPTIONS,
+    SSP_COEFFICIENT,
+    check_petsc_options,
+    inserted_options,
+)
 from attnflow.fem.transport import (
     cell_quadrature,
     cfl_step,
+    check_scheme,
     positivity_limiter,
     transport_form,
 )
@@ -408,16 +414,8 @@ class CausalSolver:
             raise ValueError(
                 "mesh must be a manifold mesh of S^1 or S^2 (circle_mesh, sphere_mesh)"
             )
-        if degree not in (0, 1):
-            raise ValueError(f"degree must be 0 or 1, got {degree!r}")
-        if not (0 < cfl <= 1):
-            raise ValueError(f"cfl must be in (0, 1], got {cfl!r}")
-        if petsc_options is not None and not isinstance(petsc_options, Mapping):
-            raise TypeError(f"petsc_options must be a dict, got {type(petsc_options).__name__}")
-        if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
-            raise ValueError(
-                f"petsc_options_prefix must be a non-empty string, got {petsc_options_prefix!r}"
-            )
+        check_scheme(degree, cfl)
+        petsc_options = check_petsc_options(petsc_options, petsc_options_prefix)
         if isinstance(f0, Law) and (f0.d != gdim or not f0.on_sphere):
             raise ValueError(f"f0 must be a law on S^{gdim - 1} in R^{gdim}")
         f0_fn = _initial_function(f0)
@@ -477,7 +475,7 @@ class CausalSolver:
         # Mixtures have at most the largest slice mass (rows of W sum to <= 1, W >= 0).
         speed = self.scale * term.speed_bound(radius, float(masses.max()))
         self.dt = cfl_step(mesh, self._cell_volume, speed, degree, cfl * SSP_COEFFICIENT)
-        self.petsc_options = dict(petsc_options or {})
+        self.petsc_options = petsc_options
         self.petsc_options_prefix = petsc_options_prefix
         self._counts = {"rhs": 0, "kernel": 0, "t_kernel": 0.0, "t_assembly": 0.0}
 

@@ -77,11 +77,13 @@ from attnflow.fem.timestepping import (
     EXPLICIT_TS_TYPES,
     IMEX_CFL_COEFFICIENT,
     SSP_COEFFICIENT,
+    check_petsc_options,
     inserted_options,
 )
 from attnflow.fem.transport import (
     cell_quadrature,
     cfl_step,
+    check_scheme,
     positivity_limiter,
     transport_form,
 )
@@ -170,12 +172,7 @@ class MeanFieldSolver:
         if not isinstance(model, Dynamics):
             raise TypeError(f"model must be a Dynamics, got {type(model).__name__}")
         kernel = as_kernel_choice(kernel)
-        if petsc_options is not None and not isinstance(petsc_options, Mapping):
-            raise TypeError(f"petsc_options must be a dict, got {type(petsc_options).__name__}")
-        if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
-            raise ValueError(
-                f"petsc_options_prefix must be a non-empty string, got {petsc_options_prefix!r}"
-            )
+        petsc_options = check_petsc_options(petsc_options, petsc_options_prefix)
         gdim, tdim = mesh.geometry.dim, mesh.topology.dim
         if model.d != gdim:
             raise ValueError(f"model.d must equal the mesh dimension {gdim}, got {model.d}")
@@ -185,10 +182,7 @@ class MeanFieldSolver:
                 "model.sphere must match the mesh: sphere=True needs a sphere mesh "
                 f"(got a {'manifold' if manifold else 'volume'} mesh)"
             )
-        if degree not in (0, 1):
-            raise ValueError(f"degree must be 0 or 1, got {degree!r}")
-        if not (0 < cfl <= 1):
-            raise ValueError(f"cfl must be in (0, 1], got {cfl!r}")
+        check_scheme(degree, cfl)
         if dt is not None:
             dt = check_positive("dt", dt)
         if isinstance(rho0, Law) and (rho0.d != gdim or bool(rho0.on_sphere) != manifold):
@@ -267,7 +261,7 @@ class MeanFieldSolver:
             )
         #: The time step of the solves (``cfl_dt`` unless ``dt`` was given).
         self.dt = self.cfl_dt if dt is None else dt
-        self.petsc_options = dict(petsc_options or {})
+        self.petsc_options = petsc_options
         self.petsc_options_prefix = petsc_options_prefix
         #: The largest diffusion coefficient of the dynamics over time (0 without noise).
         self.sigma_max = _max_diffusivity(model)

@@ -81,7 +81,7 @@ from attnflow.cloud import Cloud
 from attnflow.dynamics import Dynamics
 from attnflow.fem.diffusion import DiffusionOperator
 from attnflow.fem.solver import MeanFieldSolver
-from attnflow.fem.timestepping import inserted_options
+from attnflow.fem.timestepping import check_petsc_options, inserted_options
 from attnflow.kernels.choice import KernelChoice
 from attnflow.laws import Law
 from attnflow.solutions import Status
@@ -491,10 +491,6 @@ class StationaryProblem:
 
 
 # -- Newton --------------------------------------------------------------------------------------
-def _check_options(petsc_options) -> dict:
-    if petsc_options is not None and not isinstance(petsc_options, Mapping):
-        raise TypeError(f"petsc_options must be a dict, got {type(petsc_options).__name__}")
-    return dict(petsc_options or {})
 
 
 def stationary_state(
@@ -539,7 +535,7 @@ def stationary_state(
     -------
     :class:`StationaryState`
     """
-    opts = _check_options(petsc_options)
+    opts = check_petsc_options(petsc_options)
     if jacobian not in ("dense", "mf"):
         raise ValueError(f"jacobian must be 'dense' or 'mf', got {jacobian!r}")
     tol = check_positive("tol", tol)

@@ -48,6 +48,7 @@ __all__ = [
     "EXPLICIT_TS_TYPES",
     "IMEX_CFL_COEFFICIENT",
     "SSP_COEFFICIENT",
+    "check_petsc_options",
     "inserted_options",
 ]
 
@@ -78,6 +79,18 @@ IMEX_CFL_COEFFICIENT = 2.0
 #: Explicit TS types: with noise they integrate the diffusion explicitly too, under the
 #: explicit diffusion step bound (the solver caps its step and says so).
 EXPLICIT_TS_TYPES = ("ssp", "rk", "euler")
+
+
+def check_petsc_options(
+    options: Mapping[str, Any] | None, prefix: str | None = None
+) -> dict[str, Any]:
+    """``options`` as a new dict (``{}`` for ``None``); a ``TypeError`` unless it is a mapping,
+    a ``ValueError`` unless ``prefix`` (when given) is a non-empty string."""
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"petsc_options must be a dict, got {type(options).__name__}")
+    if prefix is not None and (not isinstance(prefix, str) or not prefix):
+        raise ValueError(f"petsc_options_prefix must be a non-empty string, got {prefix!r}")
+    return dict(options or {})
 
 
 def _value(v: Any) -> str | None:

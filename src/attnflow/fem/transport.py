@@ -28,10 +28,19 @@ __all__ = [
     "QuadratureCloud",
     "cell_quadrature",
     "cfl_step",
+    "check_scheme",
     "facet_measures",
     "positivity_limiter",
     "transport_form",
 ]
+
+
+def check_scheme(degree: object, cfl: object) -> None:
+    """Raise a ``ValueError`` unless ``degree`` is 0 or 1 and ``cfl`` is in ``(0, 1]``."""
+    if degree not in (0, 1):
+        raise ValueError(f"degree must be 0 or 1, got {degree!r}")
+    if not (0 < cfl <= 1):  # type: ignore[operator]
+        raise ValueError(f"cfl must be in (0, 1], got {cfl!r}")
 
 
 def transport_form(rho, u, phi, mesh: dolfinx.mesh.Mesh, *, boundary: bool):
